@@ -1,0 +1,55 @@
+"""Atomic file writing: a crash or a full disk never leaves a half-written file."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``.
+
+    With ``overwrite=False`` an existing file is never replaced (FileExistsError),
+    which is how versioned checkpoints stay immutable.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and target.exists():
+        raise FileExistsError(f"{target} exists and is never overwritten")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp_path, target)
+        else:
+            os.link(tmp_path, target)  # fails if target appeared meanwhile
+            tmp_path.unlink()
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray],
+                    *, compressed: bool = True, overwrite: bool = True) -> None:
+    """Save a dict of arrays as ``.npz`` atomically (no pickled objects)."""
+    buffer = io.BytesIO()
+    save = np.savez_compressed if compressed else np.savez
+    save(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite)
