@@ -1,0 +1,18 @@
+"""The "CloSe" tab in the 3D viewport sidebar, its scene state, and the preferences."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import preferences, properties, sidebar
+
+property_classes: tuple[type, ...] = (*properties.classes,)
+classes: tuple[type, ...] = (*preferences.classes, *sidebar.classes)
+
+
+def register_properties() -> None:
+    bpy.types.Scene.close_blender = bpy.props.PointerProperty(type=properties.CloseSceneSettings)
+
+
+def unregister_properties() -> None:
+    del bpy.types.Scene.close_blender

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         "version": __version__,
         "classes": [
             {"index": i, "name": n, "display": d, "color": PALETTE[i].tolist()}
-            for i, (n, d) in enumerate(zip(CLASS_NAMES, DISPLAY_NAMES))
+            for i, (n, d) in enumerate(zip(CLASS_NAMES, DISPLAY_NAMES, strict=True))
         ],
         "packages": found,
     }

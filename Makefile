@@ -1,0 +1,36 @@
+# CloSe for Blender — developer and CI entry points.
+#   make demo       set up (once), then run the main job on the bundled defaults
+#   make test       the full test suite (ruff + pytest, real Blender via the bpy module)
+#   make setup      .venv with the pinned packages, the project installed, Anny's cache built
+#   make extension  dist/close_blender-<version>.zip, checked by Blender's extension tool
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup demo test lint extension clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e ".[worker,test]"
+	$(VPY) tools/warm_caches.py
+	touch $(STAMP)
+
+demo: setup
+	$(VPY) tools/demo.py
+
+lint: setup
+	$(VPY) -m ruff check .
+
+test: setup lint
+	$(VPY) -m pytest
+
+extension: setup
+	$(VPY) tools/build_extension.py dist
+
+clean:
+	rm -rf dist out .pytest_cache .ruff_cache

@@ -1,0 +1,91 @@
+"""Scene-level settings of the CloSe panel (saved with the .blend file)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    BoolVectorProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    StringProperty,
+)
+
+from ..close_blender.labels import CLASS_NAMES, DISPLAY_NAMES, N_CLASSES
+
+_DEFAULT_GARMENTS = tuple(name in ("Body", "TShirt", "Pants", "Shoes", "Hair")
+                          for name in CLASS_NAMES)
+
+
+class CloseSceneSettings(bpy.types.PropertyGroup):
+    checkpoint: StringProperty(
+        name="Checkpoint",
+        description="Model to segment with: empty uses the preferences' default; 'default' is the "
+                    "bundled model; or a published .pth (with _cfg.yaml) or a .safetensors file",
+        default="",
+    )
+    garments: BoolVectorProperty(
+        name="Garments",
+        description="Classes present on the scan: the network only chooses among ticked classes",
+        size=N_CLASSES,
+        default=_DEFAULT_GARMENTS,
+    )
+    auto_garments: BoolProperty(
+        name="Auto-detect",
+        description="Run once with all classes, keep those covering a meaningful share of the "
+                    "scan, then run again with only those",
+        default=True,
+    )
+    auto_min_share: FloatProperty(
+        name="Minimum Share",
+        description="Auto-detect keeps a class when at least this share of the vertices gets it",
+        default=0.01, min=0.0, max=0.5, subtype="FACTOR",
+    )
+    passes: IntProperty(
+        name="Passes",
+        description="Independent random chunkings averaged together: more passes give steadier "
+                    "labels at proportionally more time",
+        default=1, min=1, max=16,
+    )
+    body_source: EnumProperty(
+        name="Body",
+        description="The body model fitted to the scan, whose rest pose gives the network's body input",
+        items=(
+            ("ANNY", "Automatic (Anny)", "Fit the free Anny body automatically; no registration needed"),
+            ("SMPL", "SMPL registration", "Use your own SMPL model files and a registration of this scan"),
+        ),
+        default="ANNY",
+    )
+    smpl_model_dir: StringProperty(
+        name="SMPL Models",
+        description="Folder holding your SMPL model files (SMPL_NEUTRAL.pkl etc.); "
+                    "they are never shipped or downloaded",
+        subtype="DIR_PATH",
+    )
+    smpl_registration: StringProperty(
+        name="Registration",
+        description="SMPL registration of this scan (.pkl or .npz with betas, body_pose, "
+                    "global_orient, transl, optional scale and gender)",
+        subtype="FILE_PATH",
+    )
+    show_label_colors: BoolProperty(
+        name="Show Label Colours",
+        description="After segmenting, switch the viewport to show the label colours",
+        default=True,
+    )
+    status: StringProperty(
+        name="Status",
+        description="What the worker is doing",
+        default="",
+    )
+
+    def garment_names(self) -> list[str]:
+        return [CLASS_NAMES[i] for i in range(N_CLASSES) if self.garments[i]]
+
+
+def display_name(index: int) -> str:
+    return DISPLAY_NAMES[index]
+
+
+classes = (CloseSceneSettings,)

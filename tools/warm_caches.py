@@ -1,0 +1,25 @@
+"""Build Anny's model cache once per machine (about a minute the first time).
+
+Anny's first model construction writes ~800 MB to ``ANNY_CACHE_DIR``
+(default ``~/.cache/anny``); later constructions take milliseconds. Set-up
+runs this so that no test or user job pays for it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+
+def main() -> None:
+    start = time.perf_counter()
+    warnings.filterwarnings("ignore")
+    import anny
+
+    anny.Anny(skinning_method="lbs")
+    anny.Anny(topology="notoes_collapse10pc", skinning_method="lbs")
+    print(f"Anny model cache ready ({time.perf_counter() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
