@@ -1,0 +1,182 @@
+"""The worker process: ``python -m inference.worker``, started by Blender's WorkerClient.
+
+It owns torch and the loaded models so that a CUDA crash or an out-of-memory
+error ends this process, never Blender. Protocol: close_blender.worker_protocol
+over stdin (requests) and stdout (answers). A reader thread takes requests, so
+a ``cancel`` arrives while a job runs; the main thread runs one job at a time
+and answers ``started``, ``progress``..., then ``result``, ``error`` (with the
+traceback) or ``cancelled``. Loaded checkpoints stay cached between jobs. It
+exits on ``shutdown`` or when stdin closes (Blender quit or killed).
+
+Anything the job code prints goes to stderr: stdout's file descriptor is
+duplicated for messages and then pointed at stderr, so even native libraries
+writing to fd 1 cannot corrupt the protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import queue
+import sys
+import threading
+import traceback
+from typing import BinaryIO
+
+from close_blender.errors import Cancelled, CloseError
+from close_blender.worker_protocol import (
+    CANCEL,
+    CANCELLED,
+    ERROR,
+    PROGRESS,
+    READY,
+    RESULT,
+    RUN,
+    SHUTDOWN,
+    STARTED,
+    Message,
+    MessageWriter,
+    ProtocolError,
+    read_message,
+)
+
+_STOP = object()
+
+
+def _take_std_streams() -> tuple[BinaryIO, BinaryIO]:
+    """Private binary streams on the real stdin/stdout; fd 1 then writes to stderr, fd 0 reads nothing."""
+    sys.stdout.flush()
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    in_fd = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return os.fdopen(in_fd, "rb", buffering=1 << 16), os.fdopen(out_fd, "wb", buffering=1 << 16)
+
+
+class Worker:
+    """Request reader + job loop over one pair of binary streams."""
+
+    def __init__(self, inp: BinaryIO, out: BinaryIO) -> None:
+        from inference.jobs import ModelCache
+
+        self.inp = inp
+        self.writer = MessageWriter(out)
+        self.requests: queue.Queue = queue.Queue()
+        self.cache = ModelCache()
+        self._lock = threading.Lock()
+        self._cancelled: set[str] = set()
+        self._stopping = False
+
+    # reader thread ---------------------------------------------------------
+    def read_requests(self) -> None:
+        """Queue ``run`` requests, flag cancels at once; stop on shutdown or EOF."""
+        try:
+            while True:
+                message = read_message(self.inp)
+                if message is None or message.type == SHUTDOWN:
+                    break
+                if message.type == CANCEL and message.job is not None:
+                    with self._lock:
+                        self._cancelled.add(message.job)
+                elif message.type == RUN:
+                    self.requests.put(message)
+                else:
+                    print(f"close worker: ignoring message {message.type!r}", file=sys.stderr)
+        except ProtocolError as exc:
+            print(f"close worker: bad request stream, stopping: {exc}", file=sys.stderr)
+        except OSError as exc:
+            print(f"close worker: request pipe failed, stopping: {exc}", file=sys.stderr)
+        finally:
+            with self._lock:  # whatever is queued or running stops at its next check
+                self._stopping = True
+            self.requests.put(_STOP)
+
+    def is_cancelled(self, job: str) -> bool:
+        with self._lock:
+            return self._stopping or job in self._cancelled
+
+    # main thread -----------------------------------------------------------
+    def serve(self) -> int:
+        """Run jobs until shutdown/EOF; returns the process exit status."""
+        import close_blender
+        from close_blender.worker_protocol import PROTOCOL_VERSION
+
+        threading.Thread(target=self.read_requests, name="close-worker-reader", daemon=True).start()
+        try:
+            self.writer.send(READY, None, {
+                "pid": os.getpid(), "python": platform.python_version(),
+                "executable": sys.executable, "protocol": PROTOCOL_VERSION,
+                "close_blender": close_blender.__version__})
+            while True:
+                message = self.requests.get()
+                if message is _STOP:
+                    return 0
+                self.run_job(message)
+        except OSError:  # Blender closed our stdout: nobody is listening any more
+            return 0
+
+    def run_job(self, message: Message) -> None:
+        from inference.jobs import JOBS, JobContext, free_accelerator_memory
+
+        job_id = message.job or ""
+        name = str(message.fields.get("name", ""))
+        params = message.fields.get("params") or {}
+        if self.is_cancelled(job_id):
+            self.writer.send(CANCELLED, job_id)
+            return
+        self.writer.send(STARTED, job_id, {"name": name})
+        ctx = JobContext(
+            send_progress=lambda f, s: self.writer.send(PROGRESS, job_id, {"fraction": f, "stage": s}),
+            cancelled=lambda: self.is_cancelled(job_id), cache=self.cache)
+        try:
+            handler = JOBS.get(name)
+            if handler is None:
+                raise CloseError(f"the worker has no job {name!r}",
+                                 f"known jobs: {', '.join(sorted(JOBS))}")
+            out = handler(params, message.arrays, ctx)
+            fields, arrays = out if isinstance(out, tuple) else (out, {})
+            self.writer.send(RESULT, job_id, fields or {}, arrays or {})
+        except Cancelled:
+            self.writer.send(CANCELLED, job_id)
+        except OSError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every job failure goes back to Blender
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            self.send_error(job_id, name, exc)
+            free_accelerator_memory()
+        finally:
+            with self._lock:
+                self._cancelled.discard(job_id)
+
+    def send_error(self, job_id: str, name: str, exc: BaseException) -> None:
+        """Send the error with its traceback, and print the traceback to the console."""
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        user = isinstance(exc, CloseError)
+        kind = type(exc).__name__
+        if user:
+            message, hint = exc.message, exc.hint
+        else:
+            message, hint = f"{kind}: {exc}", ""
+            if isinstance(exc, MemoryError) or "OutOfMemory" in kind:
+                hint = ("the worker ran out of memory; try a smaller chunk size, "
+                        "fewer passes or the CPU device")
+            print(f"close worker: job {name!r} failed:\n{text}", file=sys.stderr, flush=True)
+        self.writer.send(ERROR, job_id, {"message": message, "hint": hint, "kind": kind,
+                                         "traceback": text, "user": user})
+
+
+def main() -> int:
+    inp, out = _take_std_streams()
+    code = Worker(inp, out).serve()
+    # os._exit: the reader thread may still sit in a blocking read of stdin, which
+    # can make normal interpreter shutdown hang or abort on the stream's lock.
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
