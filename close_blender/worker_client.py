@@ -250,6 +250,7 @@ class _WorkerProcess:
         self.info: dict[str, Any] = {}
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._kill_reason: tuple[Job | None, WorkerDied] | None = None
+        self.exit_code: int | None = None
         self._stopping = False
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True,
                                                name=f"close-worker-{self.pid}-stderr")
@@ -361,8 +362,8 @@ class _WorkerProcess:
             self.proc.kill()
             code = self.proc.wait()
         self._stderr_thread.join(timeout=2)
-        tail = list(self.stderr_tail)
         with self.lock:
+            self.exit_code = code
             self.dead = True
             jobs = list(self.jobs.values())
             self.jobs.clear()
@@ -373,9 +374,11 @@ class _WorkerProcess:
             except (OSError, ValueError):
                 pass
         for job in jobs:
-            job._finish(FAILED, error=self._death_error(job, code, tail))
+            job._finish(FAILED, error=self.death_error(job))
 
-    def _death_error(self, job: Job, code: int, tail: list[str]) -> WorkerDied:
+    def death_error(self, job: Job) -> WorkerDied:
+        """The WorkerDied that ``job`` fails with, once this process has ended."""
+        code, tail = self.exit_code, list(self.stderr_tail)
         how = describe_exit(code)
         last = next((line.strip() for line in reversed(tail) if line.strip()), "")
         if self._kill_reason is not None:
@@ -545,15 +548,12 @@ class WorkerClient:
         """
         wire = {str(k): wire_array(a) for k, a in (arrays or {}).items()}
         fields = {"name": name, "params": dict(params or {})}
-        for _ in range(3):
-            with self._lock:
-                worker = self._current()
-                job = Job(worker, f"j{next(self._ids)}", name, timeout)
-                if worker.register(job):
-                    break
-        else:
-            raise WorkerStartError("the worker keeps dying while starting",
-                                   "see the console output; check the Python in the preferences")
+        with self._lock:
+            worker = self._current()
+            job = Job(worker, f"j{next(self._ids)}", name, timeout)
+        if not worker.register(job):  # it died at once (e.g. not a working Python)
+            job._finish(FAILED, error=worker.death_error(job))
+            return job
         try:
             worker.writer.send(RUN, job.id, fields, wire)
         except (OSError, ValueError):

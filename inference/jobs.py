@@ -212,7 +212,16 @@ def check(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
 
 @job("echo")
 def echo(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arrays]:
-    """Send the arrays back unchanged (tests the array round trip)."""
+    """Send the arrays back unchanged (tests the array round trip).
+
+    ``print``: text written to stdout both by Python and at the file-descriptor
+    level, which must land on stderr and leave the protocol intact.
+    """
+    if params.get("print"):
+        text = str(params["print"])
+        print(text)
+        sys.stdout.flush()
+        os.write(1, (text + " (fd 1)\n").encode())
     fields = {"params": params,
               "arrays": {k: {"dtype": a.dtype.str, "shape": list(a.shape)} for k, a in arrays.items()}}
     return fields, dict(arrays)

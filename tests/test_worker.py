@@ -1,0 +1,488 @@
+"""The worker process and its client: real subprocesses with this venv's Python.
+
+Covers start on demand, check, the array round trip, progress, cancel, errors
+with tracebacks, crashes and kills (WorkerDied, then a fresh worker), timeouts,
+stdin close, a bad Python path, and the framing and job logic in-process.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from close_blender.errors import Cancelled, CheckpointError, CloseError, ScanError
+from close_blender.labels import CLASS_NAMES, N_CLASSES
+from close_blender.worker_client import (
+    JobError,
+    WorkerClient,
+    WorkerDied,
+    WorkerStartError,
+    WorkerTimeout,
+    describe_exit,
+)
+from close_blender.worker_protocol import (
+    Message,
+    MessageWriter,
+    ProtocolError,
+    read_message,
+    wire_array,
+    write_message,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+POSIX = os.name == "posix"
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def client():
+    lines: list[str] = []
+    c = WorkerClient(sys.executable, REPO, echo_stderr=lines.append)
+    c.lines = lines
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def fresh():
+    """A client of its own, for tests that kill or break its worker."""
+    c = WorkerClient(sys.executable, REPO, echo_stderr=False)
+    yield c
+    c.kill()
+
+
+# -- framing, in-process --------------------------------------------------------
+
+ROUND_TRIP = {
+    "f32": np.random.default_rng(0).random((7, 3), dtype=np.float32),
+    "f64": np.linspace(0, 1, 5),
+    "i64": np.arange(-3, 3, dtype=np.int64),
+    "u8": np.arange(256, dtype=np.uint8).reshape(16, 16),
+    "bool": np.array([True, False, True]),
+    "c64": np.array([1 + 2j, -3j], dtype=np.complex64),
+    "empty": np.zeros((0, 3), np.float32),
+    "scalar": np.array(2.5),
+    "big_endian": np.arange(4, dtype=">i4"),
+    "strided": np.arange(20, dtype=np.int16).reshape(4, 5)[:, ::2],
+    "fortran": np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),
+}
+
+
+def assert_same(a: np.ndarray, b: np.ndarray) -> None:
+    assert b.shape == a.shape
+    assert b.dtype == a.dtype.newbyteorder("<") or b.dtype == a.dtype
+    np.testing.assert_array_equal(b, a)
+
+
+def test_framing_round_trip_in_memory():
+    buf = io.BytesIO()
+    write_message(buf, Message("result", "j1", {"n": np.int64(3), "x": [1.5, None]}, ROUND_TRIP))
+    write_message(buf, Message("cancel", "j2"))
+    buf.seek(0)
+    first = read_message(buf)
+    assert (first.type, first.job, first.fields) == ("result", "j1", {"n": 3, "x": [1.5, None]})
+    for name, a in ROUND_TRIP.items():
+        assert_same(a, first.arrays[name])
+        assert first.arrays[name].flags.writeable
+    second = read_message(buf)
+    assert (second.type, second.job, second.arrays) == ("cancel", "j2", {})
+    assert read_message(buf) is None
+
+
+def test_framing_refuses_objects_and_garbage():
+    with pytest.raises(TypeError):
+        wire_array(np.array([{"a": 1}], dtype=object))
+    with pytest.raises(TypeError):
+        wire_array(np.array(["text"]))
+    with pytest.raises(ProtocolError, match="something else wrote"):
+        read_message(io.BytesIO(b"hello world, not a message"))
+    buf = io.BytesIO()
+    write_message(buf, Message("result", "j1", {}, {"a": np.ones(100)}))
+    with pytest.raises(ProtocolError, match="ended"):
+        read_message(io.BytesIO(buf.getvalue()[:-10]))
+    with pytest.raises(TypeError):
+        MessageWriter(io.BytesIO()).send("result", "j", {"bad": object()})
+
+
+def test_describe_exit():
+    assert describe_exit(3) == "exit code 3"
+    if POSIX:
+        assert "SIGKILL" in describe_exit(-9)
+
+
+# -- a running worker ----------------------------------------------------------
+
+def test_starts_on_demand_and_checks(client):
+    assert not client.alive and client.starts == 0
+    info = client.check()
+    assert client.alive and client.starts == 1
+    assert info["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert info["numpy"] == np.__version__
+    assert "cpu" in info["devices"]
+    assert info["packages"]["numpy"]["present"]
+    assert info["pid"] == client.pid == client.info["pid"]
+    if info["packages"]["torch"]["present"]:
+        import torch
+
+        assert info["torch"] == torch.__version__
+
+
+def test_echo_round_trip_all_dtypes(client):
+    big = np.random.default_rng(1).random((1_000_000, 3), dtype=np.float32)
+    fields, arrays = client.run("echo", {"tag": "x"}, {**ROUND_TRIP, "big": big}, wait=60)
+    assert fields["params"] == {"tag": "x"}
+    assert fields["arrays"]["big"] == {"dtype": "<f4", "shape": [1_000_000, 3]}
+    for name, a in ROUND_TRIP.items():
+        assert_same(a, arrays[name])
+    np.testing.assert_array_equal(arrays["big"], big)
+    assert arrays["scalar"].shape == ()
+
+
+def test_prints_in_the_worker_do_not_corrupt_the_protocol(client):
+    fields, arrays = client.run("echo", {"print": "noise from a job"}, {"a": np.ones(3)}, wait=30)
+    np.testing.assert_array_equal(arrays["a"], np.ones(3))
+    wait_until(lambda: any("noise from a job (fd 1)" in line for line in client.lines))
+    assert any(line == "noise from a job" for line in client.lines)
+
+
+def test_progress_is_seen(client):
+    job = client.submit("sleep", {"steps": 20, "step_s": 0.03})
+    seen = set()
+    while not job.done():
+        assert job.poll() in ("queued", "running")
+        seen.add(job.progress)
+        time.sleep(0.01)
+    fields, _ = job.result()
+    assert fields["steps"] == 20 and job.state == "done"
+    fractions = sorted(f for f, _ in seen)
+    assert any(0 < f < 1 for f in fractions)
+    assert any(stage.startswith("Step ") for _, stage in seen)
+    assert job.progress == (1.0, "Done")
+
+
+def test_cancel_mid_job_keeps_the_worker(client):
+    pid = client.check()["pid"]
+    job = client.submit("sleep", {"steps": 200, "step_s": 0.05})
+    wait_until(lambda: job.progress[0] > 0)
+    assert job.cancel()
+    with pytest.raises(Cancelled):
+        job.result(timeout=10)
+    assert job.cancelled() and job.error is None
+    assert not job.cancel()  # already finished
+    assert client.run("sleep", {"steps": 1, "step_s": 0}, wait=10)[0]["pid"] == pid
+
+
+def test_cancel_a_queued_job(client):
+    first = client.submit("sleep", {"steps": 10, "step_s": 0.03})
+    second = client.submit("sleep", {"steps": 10, "step_s": 0.03})
+    second.cancel()
+    assert first.result(timeout=10)[0]["steps"] == 10
+    with pytest.raises(Cancelled):
+        second.result(timeout=10)
+
+
+def test_job_error_returns_traceback_and_worker_stays(client):
+    pid = client.check()["pid"]
+    job = client.submit("sleep", {"steps": 5, "step_s": 0.01, "fail_at": 2})
+    with pytest.raises(JobError) as info:
+        job.result(timeout=10)
+    err = info.value
+    assert job.state == "failed" and job.error is err
+    assert err.kind == "RuntimeError" and not err.user
+    assert "simulated failure at step 2" in err.message
+    assert "Traceback" in err.traceback and "jobs.py" in err.traceback
+    assert err.details == err.traceback
+    wait_until(lambda: any("simulated failure" in line for line in client.lines))  # on the console
+
+    with pytest.raises(JobError) as info:
+        client.run("sleep", {"steps": 2, "fail_at": 0, "error": "close"}, wait=10)
+    assert info.value.user and info.value.hint == "this is what a hint looks like"
+    assert isinstance(info.value, CloseError)
+
+    with pytest.raises(JobError, match="no job 'nope'"):
+        client.run("nope", wait=10)
+    assert client.check()["pid"] == pid
+
+
+def test_killed_worker_fails_the_job_and_next_job_restarts(fresh):
+    fresh.check()
+    pid, starts = fresh.pid, fresh.starts
+    job = fresh.submit("sleep", {"steps": 500, "step_s": 0.02})
+    wait_until(lambda: job.progress[0] > 0)
+    if POSIX:
+        os.kill(pid, signal.SIGKILL)
+    else:
+        fresh._worker.proc.kill()
+    with pytest.raises(WorkerDied) as info:
+        job.result(timeout=10)
+    assert "ended" in info.value.message and info.value.hint
+    if POSIX:
+        assert info.value.exit_code == -signal.SIGKILL
+        assert "SIGKILL" in info.value.message
+    assert not fresh.alive
+    assert fresh.check()["pid"] != pid
+    assert fresh.starts == starts + 1
+
+
+def test_crash_reports_exit_code_and_last_output(fresh):
+    job = fresh.submit("sleep", {"steps": 5, "step_s": 0.01, "crash_at": 1})
+    with pytest.raises(WorkerDied) as info:
+        job.result(timeout=10)
+    assert info.value.exit_code == 3
+    assert "exit code 3" in info.value.message
+    assert "simulated crash" in info.value.message
+    assert any("simulated crash" in line for line in info.value.stderr_tail)
+    assert fresh.run("echo", {}, {"a": np.arange(3)}, wait=10)[1]["a"].tolist() == [0, 1, 2]
+
+
+def test_client_kill_fails_running_and_queued_jobs(fresh):
+    running = fresh.submit("sleep", {"steps": 500, "step_s": 0.02})
+    queued = fresh.submit("sleep", {"steps": 1})
+    wait_until(lambda: running.running())
+    fresh.kill()
+    assert running.done() and queued.done()  # kill() returns after the jobs failed
+    assert isinstance(running.error, WorkerDied) and isinstance(queued.error, WorkerDied)
+    assert not fresh.alive
+    fresh.check()
+    assert fresh.alive
+
+
+def test_timeout_kills_a_silent_job(fresh):
+    job = fresh.submit("sleep", {"steps": 1, "step_s": 30}, timeout=0.5)
+    with pytest.raises(WorkerTimeout, match="sent nothing"):
+        job.result(timeout=15)
+    assert not fresh.alive
+    # progress keeps a long job alive: 0.3 s of work with 0.05 s steps under a 0.2 s timeout
+    assert fresh.run("sleep", {"steps": 6, "step_s": 0.05}, timeout=0.2, wait=15)[0]["steps"] == 6
+
+
+def test_result_wait_timeout_leaves_job_running(fresh):
+    job = fresh.submit("sleep", {"steps": 10, "step_s": 0.05})
+    with pytest.raises(TimeoutError):
+        job.result(timeout=0.05)
+    assert job.result(timeout=10)[0]["steps"] == 10
+
+
+def test_stop_cancels_and_ends_the_worker(fresh):
+    fresh.start()
+    proc = fresh._worker.proc
+    job = fresh.submit("sleep", {"steps": 500, "step_s": 0.02})
+    wait_until(lambda: job.running())
+    fresh.stop(timeout=10)
+    assert proc.returncode == 0
+    assert job.cancelled()
+    assert not fresh.alive
+
+
+def test_stdin_close_ends_the_worker():
+    env = WorkerClient(sys.executable, REPO).environment()
+    proc = subprocess.Popen([sys.executable, "-X", "utf8", "-u", "-m", "inference.worker"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, cwd=REPO, env=env)
+    try:
+        ready = read_message(proc.stdout)
+        assert ready.type == "ready" and ready.fields["pid"] == proc.pid
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+        assert read_message(proc.stdout) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+
+
+def test_bad_python_path_is_a_clear_error(tmp_path):
+    bad = WorkerClient(str(tmp_path / "no-such-python"), REPO)
+    with pytest.raises(WorkerStartError, match="does not exist") as info:
+        bad.submit("check")
+    assert "preferences" in info.value.hint
+    assert not bad.alive
+
+
+@pytest.mark.skipif(not POSIX, reason="uses shell scripts as fake interpreters")
+def test_not_a_working_python_fails_while_starting(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'No module named numpy' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(WorkerDied, match="while starting.*No module named numpy") as info:
+        WorkerClient(str(fake), REPO, echo_stderr=False).check(timeout=10)
+    assert info.value.exit_code == 1 and "preferences" in info.value.hint
+
+    hang = tmp_path / "hang"
+    hang.write_text("#!/bin/sh\nexec sleep 30\n")
+    hang.chmod(0o755)
+    slow = WorkerClient(str(hang), REPO, echo_stderr=False, startup_timeout=0.5)
+    with pytest.raises(WorkerTimeout, match="did not start"):
+        slow.check(timeout=10)
+    assert not slow.alive
+
+
+def test_environment_drops_blenders_python_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYTHONHOME", "/blender/python")
+    monkeypatch.setenv("PYTHONPATH", "/blender/scripts")
+    env = WorkerClient(sys.executable, REPO, {"PYTHONPATH": str(tmp_path), "X_Y": 1}).environment()
+    assert "PYTHONHOME" not in env
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(REPO), str(tmp_path)]
+    assert env["X_Y"] == "1"
+
+
+# -- job handlers in-process -----------------------------------------------------
+
+def test_model_cache_reloads_changed_files(tmp_path):
+    from inference.jobs import ModelCache
+
+    cache = ModelCache(max_entries=2)
+    f = tmp_path / "model.bin"
+    f.write_bytes(b"one")
+    assert cache.get(cache.file_key(f), lambda: "v1") == "v1"
+    assert cache.get(cache.file_key(f), lambda: "other") == "v1" and cache.loads == 1
+    f.write_bytes(b"second")
+    os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert cache.get(cache.file_key(f), lambda: "v2") == "v2"
+    cache.get("x", lambda: 1)
+    assert len(cache.keys()) == 2
+    cache.clear()
+    assert cache.keys() == []
+
+
+def test_progress_is_throttled_but_stages_and_end_pass():
+    from inference.jobs import JobContext
+
+    sent = []
+    ctx = JobContext(send_progress=lambda f, s: sent.append((f, s)), min_interval=10.0)
+    for i in range(100):
+        ctx.progress(i / 100, "A")
+    ctx.progress(0.5, "B")
+    ctx.sub(0.5, 1.0, "Fit")(1.0, "x")
+    assert sent == [(0.0, "A"), (0.5, "B"), (1.0, "Fit: x")]
+
+
+class _FakePredictor:
+    """Stands in for inference.predictor.Predictor: labels follow x, limited to the garments."""
+
+    calls: list[np.ndarray] = []
+
+    def __init__(self, model, device="auto", chunk_size=2048):
+        self.device = device
+
+    def predict(self, points, colors, normals, canon, garments, *, passes=1, order="shuffled",
+                seed=0, progress=None, cancelled=None):
+        _FakePredictor.calls.append(np.asarray(garments).copy())
+        allowed = np.flatnonzero(garments)
+        n = len(points)
+        # 90 % Body (1), 9.5 % TShirt (3), 0.5 % Hat (0): Hat is below the 1 % auto share
+        wanted = np.full(n, 1)
+        wanted[: n * 95 // 1000] = 3
+        wanted[: n * 5 // 1000] = 0
+        labels = np.where(np.isin(wanted, allowed), wanted, allowed[0]).astype(np.int64)
+        if progress:
+            progress(1.0, "chunks")
+        conf = np.full(n, 0.75, np.float32)
+        return types.SimpleNamespace(labels=labels, confidence=conf)
+
+
+def _fake_model_modules(monkeypatch, tmp_path):
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"weights")
+
+    def prepare_arrays(vertices, faces=None, colors=None, normals=None, *, body, up, garments,
+                       smpl_model_dir, registration, progress, cancelled):
+        assert up == "y" and body == "anny"
+        progress(0.5, "fitting")
+        n = len(vertices)
+        closed = {"points": vertices, "colors": (colors * 255).astype(np.uint8),
+                  "normals": np.zeros((n, 3), np.float32), "canon_pose": vertices,
+                  "garments": garments}
+        fit = types.SimpleNamespace(vertices=np.zeros((4, 3)), faces=np.zeros((2, 3), int),
+                                    quality={"residual_mean_m": np.float32(0.01)}, ok=True,
+                                    message="good fit", body="anny", params={})
+        return closed, fit
+
+    checkpoints = types.ModuleType("inference.checkpoints")
+    checkpoints.load_checkpoint = lambda spec: types.SimpleNamespace(
+        model=None, path=Path(spec), sha256="abc")
+    predictor = types.ModuleType("inference.predictor")
+    predictor.Predictor = _FakePredictor
+    prepare = types.ModuleType("inference.body.prepare")
+    prepare.prepare_arrays = prepare_arrays
+    monkeypatch.setitem(sys.modules, "inference.checkpoints", checkpoints)
+    monkeypatch.setitem(sys.modules, "inference.predictor", predictor)
+    monkeypatch.setitem(sys.modules, "inference.body.prepare", prepare)
+    return ckpt
+
+
+def test_segment_auto_garments_with_stand_in_models(monkeypatch, tmp_path):
+    from inference.jobs import JobContext, segment
+
+    ckpt = _fake_model_modules(monkeypatch, tmp_path)
+    _FakePredictor.calls = []
+    n = 2000
+    arrays = {"vertices": np.random.default_rng(0).random((n, 3), dtype=np.float32),
+              "colors": np.full((n, 3), 0.2, np.float32)}
+    progress = []
+    ctx = JobContext(send_progress=lambda f, s: progress.append((f, s)), min_interval=0)
+    fields, out = segment({"checkpoint": str(ckpt), "device": "cpu"}, arrays, ctx)
+    assert len(_FakePredictor.calls) == 2 and _FakePredictor.calls[0].all()
+    assert fields["garments"] == ["Body", "TShirt"]  # Hat (0.5 %) dropped by the 1 % rule
+    assert fields["auto"]["first_garments"] == list(CLASS_NAMES)
+    assert out["labels"].dtype == np.int64 and out["labels"].shape == (n,)
+    assert out["confidence"].dtype == np.float32
+    assert out["class_counts"].shape == (N_CLASSES,) and out["class_counts"].sum() == n
+    assert fields["counts"] == {"Body": 1820, "TShirt": 180}  # Hat points fall back to Body
+    assert fields["mean_confidence"]["Body"] == pytest.approx(0.75)
+    assert fields["fit"]["ok"] and out["body_faces"].dtype == np.int64
+    assert progress[-1] == (1.0, "Done") and any("Body" in s for _, s in progress)
+    # the checkpoint is loaded once and reused by the next job
+    segment({"checkpoint": str(ckpt), "device": "cpu", "garments": ["Body", "Hat"]}, arrays, ctx)
+    assert ctx.cache.loads == 1
+    assert CLASS_NAMES[int(np.flatnonzero(_FakePredictor.calls[-1])[0])] == "Hat"
+
+
+def test_segment_bad_input_is_a_user_error(monkeypatch, tmp_path):
+    from inference.jobs import JobContext, segment
+
+    ckpt = _fake_model_modules(monkeypatch, tmp_path)
+    ctx = JobContext()
+    with pytest.raises(CheckpointError):
+        segment({}, {"vertices": np.zeros((3, 3))}, ctx)
+    with pytest.raises(ScanError, match="shape"):
+        segment({"checkpoint": str(ckpt)}, {"vertices": np.zeros((3, 2))}, ctx)
+    with pytest.raises(ScanError, match="NaN"):
+        segment({"checkpoint": str(ckpt)}, {"vertices": np.full((3, 3), np.nan)}, ctx)
+    with pytest.raises(CloseError, match="unknown class"):
+        segment({"checkpoint": str(ckpt), "garments": ["Cape"]}, {"vertices": np.zeros((3, 3))}, ctx)
+    with pytest.raises(CheckpointError, match="not found"):
+        segment({"checkpoint": str(tmp_path / "missing.pth"), "device": "cpu"},
+                {"vertices": np.zeros((3, 3))}, ctx)
+
+
+@pytest.mark.slow
+def test_segment_end_to_end_in_the_worker(client, closenet_reference):
+    """The real checkpoint, predictor and body fit, once the other parts exist."""
+    pytest.importorskip("inference.checkpoints")
+    pytest.importorskip("inference.predictor")
+    pytest.importorskip("inference.body.prepare")
+    rng = np.random.default_rng(0)
+    n = 3000
+    vertices = (rng.normal(size=(n, 3)) * [0.2, 0.5, 0.12]).astype(np.float32) + [0, 1.0, 0]
+    job = client.submit("segment", {"checkpoint": str(closenet_reference / "closenet.pth"),
+                                     "garments": "auto", "device": "cpu"},
+                        {"vertices": vertices, "colors": rng.random((n, 3), dtype=np.float32)})
+    fields, arrays = job.result(timeout=600)
+    assert arrays["labels"].shape == (n,) and fields["garments"]
