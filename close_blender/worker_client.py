@@ -62,6 +62,7 @@ from .worker_protocol import (
 
 DEFAULT_TIMEOUT = 600.0   # seconds a running job may stay silent (no progress) before the kill
 STARTUP_TIMEOUT = 120.0   # seconds the worker may take to say "ready"
+CANCEL_GRACE = 10.0       # seconds a cancelled job may take to stop before its worker is killed
 STDERR_TAIL_LINES = 200
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED_STATE = "queued", "running", "done", "failed", "cancelled"
@@ -139,7 +140,7 @@ class Job:
         self._arrays: dict[str, np.ndarray] = {}
         self._error: WorkerError | None = None
         self._last_activity = self.created
-        self.cancel_requested = False
+        self.cancel_requested: float | None = None  # monotonic time of the cancel request
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.name} {self._state} {self._fraction:.0%}>"
@@ -190,7 +191,8 @@ class Job:
         with self._cond:
             if self.done():
                 return False
-            self.cancel_requested = True
+            if self.cancel_requested is None:
+                self.cancel_requested = time.monotonic()
             self._stage = "Cancelling"
         self._worker.send_quietly(CANCEL, self.id)
         return True
@@ -205,7 +207,7 @@ class Job:
                 self._state = state
             if fraction is not None:
                 self._fraction = fraction
-            if stage is not None and not self.cancel_requested:
+            if stage is not None and self.cancel_requested is None:
                 self._stage = stage
             self._last_activity = time.monotonic()
 
@@ -234,13 +236,14 @@ class Job:
 class _WorkerProcess:
     """One worker process and its threads; a dead one is never reused."""
 
-    def __init__(self, popen: subprocess.Popen, *, startup_timeout: float,
+    def __init__(self, popen: subprocess.Popen, *, startup_timeout: float, cancel_grace: float,
                  echo: Callable[[str], None] | None) -> None:
         self.proc = popen
         self.pid = popen.pid
         self.writer = MessageWriter(popen.stdin)
         self.started = time.monotonic()
         self.startup_timeout = startup_timeout
+        self.cancel_grace = cancel_grace
         self.echo = echo
         self.lock = threading.Lock()
         self.jobs: dict[str, Job] = {}
@@ -346,8 +349,16 @@ class _WorkerProcess:
                     return
                 continue
             with self.lock:
-                running = [j for j in self.jobs.values() if j.state == RUNNING and j.timeout]
-            for job in running:
+                jobs = list(self.jobs.values())
+            for job in jobs:
+                asked = job.cancel_requested
+                if asked is not None and job.state == RUNNING and now - asked > self.cancel_grace:
+                    self.kill(job, WorkerDied(
+                        f"job {job.name!r} did not stop within {self.cancel_grace:.0f} s of the "
+                        "cancel, so its worker was stopped", "the next job starts a new worker"))
+                    return
+                if job.state != RUNNING or not job.timeout:
+                    continue
                 silent = job._silent_for(now)
                 if silent > job.timeout:
                     self.kill(job, WorkerTimeout(
@@ -374,7 +385,10 @@ class _WorkerProcess:
             except (OSError, ValueError):
                 pass
         for job in jobs:
-            job._finish(FAILED, error=self.death_error(job))
+            if job.cancel_requested is not None:  # what the user asked for, if not how
+                job._finish(CANCELLED_STATE)
+            else:
+                job._finish(FAILED, error=self.death_error(job))
 
     def death_error(self, job: Job) -> WorkerDied:
         """The WorkerDied that ``job`` fails with, once this process has ended."""
@@ -447,11 +461,13 @@ class WorkerClient:
 
     def __init__(self, python: str, extension_root: Path, env: dict | None = None, *,
                  echo_stderr: bool | Callable[[str], None] = True,
-                 startup_timeout: float = STARTUP_TIMEOUT) -> None:
+                 startup_timeout: float = STARTUP_TIMEOUT,
+                 cancel_grace: float = CANCEL_GRACE) -> None:
         self.python = str(python)
         self.extension_root = Path(extension_root).resolve()
         self.env = dict(env or {})
         self.startup_timeout = startup_timeout
+        self.cancel_grace = cancel_grace
         if callable(echo_stderr):
             self._echo = echo_stderr
         else:
@@ -523,7 +539,8 @@ class WorkerClient:
             raise WorkerStartError(f"cannot start the worker Python {python!r}: {exc}",
                                    "choose a Python 3.11+ executable in the add-on preferences") from exc
         self.starts += 1
-        return _WorkerProcess(popen, startup_timeout=self.startup_timeout, echo=self._echo)
+        return _WorkerProcess(popen, startup_timeout=self.startup_timeout,
+                              cancel_grace=self.cancel_grace, echo=self._echo)
 
     def start(self) -> None:
         """Start the worker now (jobs start it anyway); raises WorkerStartError."""
@@ -568,12 +585,13 @@ class WorkerClient:
         """Submit and wait: (fields, arrays). For scripts and tests, not for Blender's UI thread."""
         return self.submit(name, params, arrays, timeout=timeout).result(wait)
 
-    def check(self, timeout: float = 120.0) -> dict[str, Any]:
+    def check(self, timeout: float = 120.0, *, torch: bool = True) -> dict[str, Any]:
         """Blocking "check" job: python/numpy/torch versions, devices, packages present.
 
-        Importing torch can take seconds: from Blender's UI, ``submit("check")`` and poll instead.
+        Importing torch can take seconds: from Blender's UI, ``submit("check")`` and poll
+        instead. ``torch=False`` skips importing it (devices then list only the CPU).
         """
-        fields, _ = self.run("check", {}, timeout=timeout, wait=timeout)
+        fields, _ = self.run("check", {"torch": torch}, timeout=timeout, wait=timeout)
         return fields
 
     # stopping --------------------------------------------------------------
@@ -598,3 +616,21 @@ class WorkerClient:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def install_command(python: str, target: Path, packages: list[str], *,
+                    online_access: bool) -> list[str]:
+    """The pip command that installs ``packages`` into ``target`` (the extension's user folder).
+
+    Blender's ``bpy.app.online_access`` must be passed as ``online_access``: without
+    it nothing is ever downloaded. Run the command only on an explicit user click, then
+    give ``target`` to WorkerClient as ``env={"PYTHONPATH": str(target)}``.
+    """
+    if not online_access:
+        raise CloseError("installing packages needs online access, which Blender does not allow",
+                         "enable Preferences > System > Network > Allow Online Access, "
+                         "or install the packages into the worker Python yourself")
+    if not packages:
+        raise CloseError("no packages to install")
+    return [str(python), "-m", "pip", "install", "--upgrade", "--target", str(Path(target)),
+            *packages]

@@ -130,6 +130,7 @@ def test_describe_exit():
 
 def test_starts_on_demand_and_checks(client):
     assert not client.alive and client.starts == 0
+    assert client.check(torch=False)["torch"] is None
     info = client.check()
     assert client.alive and client.starts == 1
     assert info["python"] == ".".join(map(str, sys.version_info[:3]))
@@ -221,7 +222,7 @@ def test_job_error_returns_traceback_and_worker_stays(client):
 
 
 def test_killed_worker_fails_the_job_and_next_job_restarts(fresh):
-    fresh.check()
+    fresh.start()
     pid, starts = fresh.pid, fresh.starts
     job = fresh.submit("sleep", {"steps": 500, "step_s": 0.02})
     wait_until(lambda: job.progress[0] > 0)
@@ -236,7 +237,7 @@ def test_killed_worker_fails_the_job_and_next_job_restarts(fresh):
         assert info.value.exit_code == -signal.SIGKILL
         assert "SIGKILL" in info.value.message
     assert not fresh.alive
-    assert fresh.check()["pid"] != pid
+    assert fresh.run("sleep", {"steps": 1}, wait=10)[0]["pid"] != pid
     assert fresh.starts == starts + 1
 
 
@@ -259,7 +260,7 @@ def test_client_kill_fails_running_and_queued_jobs(fresh):
     assert running.done() and queued.done()  # kill() returns after the jobs failed
     assert isinstance(running.error, WorkerDied) and isinstance(queued.error, WorkerDied)
     assert not fresh.alive
-    fresh.check()
+    fresh.run("sleep", {"steps": 1}, wait=10)
     assert fresh.alive
 
 
@@ -270,6 +271,32 @@ def test_timeout_kills_a_silent_job(fresh):
     assert not fresh.alive
     # progress keeps a long job alive: 0.3 s of work with 0.05 s steps under a 0.2 s timeout
     assert fresh.run("sleep", {"steps": 6, "step_s": 0.05}, timeout=0.2, wait=15)[0]["steps"] == 6
+
+
+def test_cancel_of_a_job_that_does_not_stop_kills_its_worker():
+    c = WorkerClient(sys.executable, REPO, echo_stderr=False, cancel_grace=0.3)
+    try:
+        stuck = c.submit("sleep", {"steps": 1, "step_s": 30})
+        queued = c.submit("sleep", {"steps": 1})
+        wait_until(lambda: stuck.running())
+        pid = c.pid
+        stuck.cancel()
+        with pytest.raises(Cancelled):
+            stuck.result(timeout=10)
+        with pytest.raises(WorkerDied, match="did not stop within"):
+            queued.result(timeout=10)
+        assert c.run("sleep", {"steps": 1}, wait=10)[0]["pid"] != pid
+    finally:
+        c.kill()
+
+
+def test_install_command_needs_online_access(tmp_path):
+    from close_blender.worker_client import install_command
+
+    with pytest.raises(CloseError, match="online access"):
+        install_command("python", tmp_path, ["torch"], online_access=False)
+    cmd = install_command("python", tmp_path, ["torch==2.13.0"], online_access=True)
+    assert cmd[:3] == ["python", "-m", "pip"] and str(tmp_path) in cmd and cmd[-1] == "torch==2.13.0"
 
 
 def test_result_wait_timeout_leaves_job_running(fresh):
