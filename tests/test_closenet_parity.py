@@ -42,3 +42,34 @@ def test_plain_module_matches_reference(ckpt, cases, name):
     assert logits.shape == ref.shape
     assert np.abs(logits - ref).max() < 1e-4
     np.testing.assert_array_equal(logits.argmax(1), cases[f"{name}_labels"])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fused_path_matches_reference(ckpt, cases, name):
+    from inference.fused import FusedCloseNet
+
+    fused = FusedCloseNet(ckpt.model)
+    with torch.inference_mode():
+        logits = fused(*_inputs(cases, name)).transpose(1, 2).numpy()
+    ref = cases[f"{name}_logits"]
+    assert np.abs(logits - ref).max() < 1e-4
+    np.testing.assert_array_equal(logits.argmax(1), cases[f"{name}_labels"])
+
+
+def test_fold_bn_is_exact_in_eval():
+    from inference.closenet import ConvBNAct
+    from inference.fused import fold_bn
+
+    torch.manual_seed(0)
+    layer = ConvBNAct(8, 5, 1, 0.2)
+    with torch.no_grad():
+        layer.bn.running_mean.normal_()
+        layer.bn.running_var.uniform_(0.5, 2.0)
+        layer.bn.weight.normal_()
+        layer.bn.bias.normal_()
+    layer.eval()
+    x = torch.randn(3, 8, 7)
+    w, b = fold_bn(layer.conv.weight, layer.bn)
+    expected = layer.bn(layer.conv(x))
+    got = torch.einsum("oc,bcn->bon", w, x) + b[None, :, None]
+    assert torch.allclose(got, expected, atol=1e-5)
