@@ -307,6 +307,8 @@ class _WorkerProcess:
                 self._dispatch(message)
         except (ProtocolError, OSError, ValueError) as exc:
             problem = exc
+        except Exception as exc:  # noqa: BLE001 - e.g. MemoryError on a corrupt size: never hang jobs
+            problem = exc
         if problem is not None and self.proc.poll() is None:
             self.kill(None, WorkerDied(f"the worker sent something unreadable and was stopped: {problem}",
                                        "this is a bug; please report it with the console output"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import platform
 import queue
+import signal
 import sys
 import threading
 import traceback
@@ -87,8 +88,8 @@ class Worker:
                     print(f"close worker: ignoring message {message.type!r}", file=sys.stderr)
         except ProtocolError as exc:
             print(f"close worker: bad request stream, stopping: {exc}", file=sys.stderr)
-        except OSError as exc:
-            print(f"close worker: request pipe failed, stopping: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - OSError on the pipe, MemoryError on a bad size
+            print(f"close worker: request pipe failed, stopping: {exc!r}", file=sys.stderr)
         finally:
             with self._lock:  # whatever is queued or running stops at its next check
                 self._stopping = True
@@ -170,6 +171,9 @@ class Worker:
 
 
 def main() -> int:
+    # Ctrl+C in the terminal that runs Blender reaches this process too; Blender decides
+    # what to do, and when it quits our stdin closes, which ends the worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp, out = _take_std_streams()
     code = Worker(inp, out).serve()
     # os._exit: the reader thread may still sit in a blocking read of stdin, which

@@ -334,6 +334,25 @@ def test_stdin_close_ends_the_worker():
         proc.stdout.close()
 
 
+def test_stdin_close_mid_job_ends_the_worker():
+    """Blender quitting (or being killed) while a job runs: the job stops, the worker exits."""
+    env = WorkerClient(sys.executable, REPO).environment()
+    proc = subprocess.Popen([sys.executable, "-X", "utf8", "-u", "-m", "inference.worker"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, cwd=REPO, env=env)
+    try:
+        assert read_message(proc.stdout).type == "ready"
+        write_message(proc.stdin, Message("run", "j1", {"name": "sleep",
+                                                        "params": {"steps": 1000, "step_s": 0.02}}))
+        assert read_message(proc.stdout).type == "started"
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+
+
 def test_bad_python_path_is_a_clear_error(tmp_path):
     bad = WorkerClient(str(tmp_path / "no-such-python"), REPO)
     with pytest.raises(WorkerStartError, match="does not exist") as info:
