@@ -268,14 +268,14 @@ def release(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
 
 def _resolve_device(device: str | None) -> str:
     """A concrete torch device name for "auto"/None (CUDA, then MPS, then CPU)."""
+    try:
+        from inference.devices import pick_device  # checks explicit devices too
+    except ImportError:
+        pick_device = None
+    if pick_device is not None:
+        return str(pick_device(device or "auto"))
     if device and device != "auto":
         return device
-    try:
-        from inference.devices import resolve_device  # the predictor helper's choice, if present
-
-        return str(resolve_device("auto"))
-    except ImportError:
-        pass
     import torch
 
     if torch.cuda.is_available():
@@ -410,13 +410,37 @@ def auto_garments(labels: np.ndarray, min_share: float) -> np.ndarray:
     return keep
 
 
+def restrict_to_garments(prediction: Any, garments: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Labels limited to the chosen garments: (labels, confidence, points changed).
+
+    CloSe-Net's garment vector conditions the network but does not forbid other
+    classes, so a few points may still get a class the user excluded; they take
+    the most probable allowed class instead, with its (lower) probability as the
+    confidence, which keeps them visible as uncertain.
+    """
+    labels = np.asarray(prediction.labels, dtype=np.int64)
+    confidence = np.asarray(prediction.confidence, dtype=np.float32)
+    probs = getattr(prediction, "probabilities", None)
+    allowed = np.asarray(garments).astype(bool)
+    outside = ~allowed[labels]
+    if probs is None or not outside.any():
+        return labels, confidence, 0
+    probs = np.asarray(probs, dtype=np.float32)
+    masked = np.where(allowed[None, :], probs[outside], -1.0)
+    labels, confidence = labels.copy(), confidence.copy()
+    labels[outside] = masked.argmax(axis=1)
+    confidence[outside] = masked.max(axis=1)
+    return labels, confidence, int(outside.sum())
+
+
 @job("segment")
 def segment(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arrays]:
     """Segment a scan: fit the body, run CloSe-Net, and with garments "auto" run again
     with only the classes that cover at least ``auto_min_share`` of the scan.
 
     arrays: vertices (N, 3) metres y-up, optional faces (F, 3), colors (N, 3) 0-1,
-    optional normals (N, 3). Returns labels (N,) int64, confidence (N,) float32,
+    optional normals (N, 3). Labels are limited to the garments used unless
+    ``restrict`` is false. Returns labels (N,) int64, confidence (N,) float32,
     class_counts and class_confidence (18,), body_vertices/body_faces of the fit.
     """
     checkpoint = params.get("checkpoint")
@@ -453,6 +477,9 @@ def segment(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arra
 
     labels = np.asarray(prediction.labels, dtype=np.int64)
     confidence = np.asarray(prediction.confidence, dtype=np.float32)
+    relabelled = 0
+    if params.get("restrict", True):
+        labels, confidence, relabelled = restrict_to_garments(prediction, garments)
     counts, mean_conf = class_summary(labels, confidence)
     fields: Fields = {
         "garments": names_of(garments),
@@ -465,6 +492,7 @@ def segment(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arra
         "device": device,
         "passes": passes,
         "n_points": int(len(labels)),
+        "relabelled": relabelled,
         "warnings": warnings,
     }
     out = {"labels": labels, "confidence": confidence,

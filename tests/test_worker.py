@@ -443,7 +443,7 @@ class _FakePredictor:
         return types.SimpleNamespace(labels=labels, confidence=conf)
 
 
-def _fake_model_modules(monkeypatch, tmp_path):
+def _fake_model_modules(monkeypatch, tmp_path, network: bool = True):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"weights")
 
@@ -467,8 +467,9 @@ def _fake_model_modules(monkeypatch, tmp_path):
     predictor.Predictor = _FakePredictor
     prepare = types.ModuleType("inference.body.prepare")
     prepare.prepare_arrays = prepare_arrays
-    monkeypatch.setitem(sys.modules, "inference.checkpoints", checkpoints)
-    monkeypatch.setitem(sys.modules, "inference.predictor", predictor)
+    if network:
+        monkeypatch.setitem(sys.modules, "inference.checkpoints", checkpoints)
+        monkeypatch.setitem(sys.modules, "inference.predictor", predictor)
     monkeypatch.setitem(sys.modules, "inference.body.prepare", prepare)
     return ckpt
 
@@ -500,6 +501,18 @@ def test_segment_auto_garments_with_stand_in_models(monkeypatch, tmp_path):
     assert CLASS_NAMES[int(np.flatnonzero(_FakePredictor.calls[-1])[0])] == "Hat"
 
 
+def test_restrict_to_garments_moves_excluded_labels():
+    from inference.jobs import restrict_to_garments
+
+    probs = np.array([[0.1, 0.6, 0.3] + [0] * 15, [0.7, 0.1, 0.2] + [0] * 15], np.float32)
+    pred = types.SimpleNamespace(labels=probs.argmax(1), confidence=probs.max(1), probabilities=probs)
+    garments = np.zeros(N_CLASSES, np.int32)
+    garments[[1, 2]] = 1
+    labels, conf, changed = restrict_to_garments(pred, garments)
+    assert labels.tolist() == [1, 2] and changed == 1
+    np.testing.assert_allclose(conf, [0.6, 0.2])
+
+
 def test_segment_bad_input_is_a_user_error(monkeypatch, tmp_path):
     from inference.jobs import JobContext, segment
 
@@ -516,6 +529,32 @@ def test_segment_bad_input_is_a_user_error(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         segment({"checkpoint": str(tmp_path / "missing.pth"), "device": "cpu"},
                 {"vertices": np.zeros((3, 3))}, ctx)
+
+
+@pytest.mark.slow
+def test_segment_with_the_real_network_and_a_stand_in_body(monkeypatch, tmp_path,
+                                                           closenet_reference):
+    """load_checkpoint + Predictor as the worker uses them; the body fit is stood in for."""
+    pytest.importorskip("inference.checkpoints")
+    pytest.importorskip("inference.predictor")
+    from inference.jobs import JobContext, segment
+
+    _fake_model_modules(monkeypatch, tmp_path, network=False)
+    rng = np.random.default_rng(0)
+    n = 300
+    arrays = {"vertices": rng.normal(size=(n, 3)).astype(np.float32) * 0.2,
+              "colors": rng.random((n, 3), dtype=np.float32)}
+    ctx = JobContext()
+    params = {"checkpoint": str(closenet_reference / "closenet.pth"), "device": "cpu",
+              "garments": "auto", "chunk_size": 128}
+    fields, out = segment(params, arrays, ctx)
+    assert out["labels"].shape == (n,) and out["labels"].dtype == np.int64
+    assert np.isin(out["labels"], [CLASS_NAMES.index(g) for g in fields["garments"]]).all()
+    assert ((out["confidence"] > 0) & (out["confidence"] <= 1)).all()
+    assert len(fields["checkpoint"]["sha256"]) == 64 and fields["device"] == "cpu"
+    assert 0 <= fields["relabelled"] < n
+    segment({**params, "garments": ["Body", "Pants"]}, arrays, ctx)
+    assert ctx.cache.loads == 1
 
 
 @pytest.mark.slow
