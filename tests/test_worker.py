@@ -189,6 +189,24 @@ def test_cancel_mid_job_keeps_the_worker(client):
     assert client.run("sleep", {"steps": 1, "step_s": 0}, wait=10)[0]["pid"] == pid
 
 
+def test_jobs_from_many_threads(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> bool:
+        a = np.full((1000 + i, 3), i, np.int32)
+        _, out = client.run("echo", {"i": i}, {"a": a}, wait=30)
+        return bool((out["a"] == a).all())
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(one, range(16)))
+
+
+def test_the_client_imports_neither_torch_nor_bpy():
+    code = ("import sys; import close_blender.worker_client; "
+            "assert 'torch' not in sys.modules and 'bpy' not in sys.modules, sys.modules.keys()")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
 def test_cancel_a_queued_job(client):
     first = client.submit("sleep", {"steps": 10, "step_s": 0.03})
     second = client.submit("sleep", {"steps": 10, "step_s": 0.03})
@@ -557,17 +575,29 @@ def test_segment_with_the_real_network_and_a_stand_in_body(monkeypatch, tmp_path
     assert ctx.cache.loads == 1
 
 
+def _obj_vertices_and_colors(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows = [line.split()[1:7] for line in path.read_text().splitlines() if line.startswith("v ")]
+    data = np.asarray(rows, dtype=np.float32)
+    return data[:, :3], data[:, 3:6]
+
+
 @pytest.mark.slow
-def test_segment_end_to_end_in_the_worker(client, closenet_reference):
-    """The real checkpoint, predictor and body fit, once the other parts exist."""
+def test_segment_end_to_end_in_the_worker(client, closenet_reference, shared):
+    """Real checkpoint, predictor and body fit in the worker, on a real (subsampled) scan."""
     pytest.importorskip("inference.checkpoints")
     pytest.importorskip("inference.predictor")
     pytest.importorskip("inference.body.prepare")
-    rng = np.random.default_rng(0)
-    n = 3000
-    vertices = (rng.normal(size=(n, 3)) * [0.2, 0.5, 0.12]).astype(np.float32) + [0, 1.0, 0]
+    vertices, colors = _obj_vertices_and_colors(
+        shared / "real_inputs" / "pifu_ryota" / "result_ryota.obj")  # y-up, about 1.7 units tall
+    vertices, colors = vertices[::10].copy(), colors[::10].copy()
+    n = len(vertices)
     job = client.submit("segment", {"checkpoint": str(closenet_reference / "closenet.pth"),
                                      "garments": "auto", "device": "cpu"},
-                        {"vertices": vertices, "colors": rng.random((n, 3), dtype=np.float32)})
+                        {"vertices": vertices, "colors": colors})
     fields, arrays = job.result(timeout=600)
-    assert arrays["labels"].shape == (n,) and fields["garments"]
+    assert arrays["labels"].shape == (n,) and arrays["confidence"].shape == (n,)
+    assert fields["garments"] and sum(fields["counts"].values()) == n
+    assert arrays["body_vertices"].ndim == 2 and set(fields["fit"]) >= {"ok", "message", "quality"}
+    few = vertices[::4].copy()
+    fit_fields, fit_arrays = client.run("fit_body", {}, {"vertices": few}, wait=600)
+    assert fit_arrays["canon_pose"].shape == (len(few), 3) and "ok" in fit_fields["fit"]
