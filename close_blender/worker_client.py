@@ -254,7 +254,6 @@ class _WorkerProcess:
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._kill_reason: tuple[Job | None, WorkerDied] | None = None
         self.exit_code: int | None = None
-        self._stopping = False
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True,
                                                name=f"close-worker-{self.pid}-stderr")
         self._reader = threading.Thread(target=self._read, daemon=True,

@@ -512,4 +512,6 @@ def fit_body(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arr
     out.update({f"param_{k}": v for k, v in params_out.items()
                 if v.dtype.kind in "biufc"})
     ctx.progress(1.0, "Done")
-    return {"fit": _fit_fields(fit), "warnings": warnings}, out
+    plain = {k: v for k, v in (getattr(fit, "params", None) or {}).items()
+             if isinstance(v, (str, bool, int, float))}
+    return {"fit": _fit_fields(fit), "params": plain, "warnings": warnings}, out

@@ -46,7 +46,8 @@ _STOP = object()
 
 def _take_std_streams() -> tuple[BinaryIO, BinaryIO]:
     """Private binary streams on the real stdin/stdout; fd 1 then writes to stderr, fd 0 reads nothing."""
-    sys.stdout.flush()
+    if sys.stdout is not None:
+        sys.stdout.flush()
     out_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
