@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,10 @@ from . import appearance, outfits, poses, scanner
 from .garments import Body, Surface
 
 BODY = CLASS_NAMES.index("Body")
+# keys of a synthetic scan's .npz, in the order they are written (see docs/synthetic-scans.md)
+NPZ_KEYS = ("points", "normals", "colors", "faces", "labels", "garments", "canon_pose", "scale",
+            "centers", "phenotypes", "age_years", "pose", "pose_preset", "heading",
+            "body_offset", "outfit", "canonical_frame", "seed")
 MIN_AGE, MAX_AGE = 18.0, 70.0
 
 
@@ -203,3 +209,46 @@ def generate_scan(seed: int, n_points: int = 30000, classes: Iterable[str | int]
 def mesh_vertices(scan: dict[str, np.ndarray]) -> np.ndarray:
     """The scan's mesh vertices in metres (y up): ``points * scale + centers``."""
     return scan["points"].astype(np.float64) * float(scan["scale"]) + scan["centers"]
+
+
+def write_scan(out_dir: str | os.PathLike, stem: str, scan: dict[str, np.ndarray],
+               mesh_format: str = "ply", preview: bool = False) -> list[Path]:
+    """Write ``stem.npz`` (+ ``stem.ply``/``.obj``, + ``stem.png``) into ``out_dir``.
+
+    Keys are written in a fixed order, so equal scans give equal bytes.
+    """
+    from close_blender.scan_io import save_scan
+
+    from .meshwrite import write_mesh
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / f"{stem}.npz"]
+    save_scan(written[0], {k: scan[k] for k in NPZ_KEYS}, require=("points", "labels"))
+    if mesh_format != "none":
+        if mesh_format not in ("ply", "obj"):
+            raise ValueError(f"unknown mesh format {mesh_format!r}; use ply, obj or none")
+        path = out / f"{stem}.{mesh_format}"
+        write_mesh(path, mesh_vertices(scan), scan["faces"], scan["colors"],
+                   scan["normals"] if mesh_format == "ply" else None)
+        written.append(path)
+    if preview:
+        from .preview import write_preview
+
+        path = out / f"{stem}.png"
+        write_preview(path, scan, f"{stem}: {scan['outfit']} ({scan['pose_preset']})")
+        written.append(path)
+    return written
+
+
+SAMPLE_SEEDS = (0, 1, 2, 3)
+
+
+def make_samples(out_dir: str | os.PathLike, n_points: int = 8000,
+                 mesh_format: str = "ply") -> list[Path]:
+    """The small fixed set of scans that tests and the demo use (``sample_XX``)."""
+    written: list[Path] = []
+    for i, seed in enumerate(SAMPLE_SEEDS):
+        written += write_scan(out_dir, f"sample_{i:02d}", generate_scan(seed, n_points),
+                              mesh_format)
+    return written
