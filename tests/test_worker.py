@@ -287,8 +287,8 @@ def test_timeout_kills_a_silent_job(fresh):
     with pytest.raises(WorkerTimeout, match="sent nothing"):
         job.result(timeout=15)
     assert not fresh.alive
-    # progress keeps a long job alive: 0.3 s of work with 0.05 s steps under a 0.2 s timeout
-    assert fresh.run("sleep", {"steps": 6, "step_s": 0.05}, timeout=0.2, wait=15)[0]["steps"] == 6
+    # progress keeps a long job alive: 1.2 s of work in 0.1 s steps under a 0.8 s timeout
+    assert fresh.run("sleep", {"steps": 12, "step_s": 0.1}, timeout=0.8, wait=15)[0]["steps"] == 12
 
 
 def test_cancel_of_a_job_that_does_not_stop_kills_its_worker():
