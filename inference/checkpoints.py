@@ -171,7 +171,7 @@ def map_published_state(state: dict[str, torch.Tensor], model: CloseNet) -> dict
             f"checkpoint has {len(unknown)} key(s) the model does not use: "
             + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""),
             "it is not a CloSe-Net checkpoint of this architecture")
-    missing = [k for k in expected if k not in mapped]
+    missing = [" or ".join(native_to_published_keys(k)) for k in expected if k not in mapped]
     if missing:
         raise CheckpointError(
             f"checkpoint lacks {len(missing)} entr(ies) the model needs: "
