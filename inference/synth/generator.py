@@ -241,14 +241,17 @@ def write_scan(out_dir: str | os.PathLike, stem: str, scan: dict[str, np.ndarray
     return written
 
 
-SAMPLE_SEEDS = (0, 1, 2, 3)
+SAMPLE_SEED, SAMPLE_COUNT, SAMPLE_POINTS = 0, 4, 8000
 
 
-def make_samples(out_dir: str | os.PathLike, n_points: int = 8000,
-                 mesh_format: str = "ply") -> list[Path]:
-    """The small fixed set of scans that tests and the demo use (``sample_XX``)."""
+def make_samples(out_dir: str | os.PathLike, n_points: int = SAMPLE_POINTS,
+                 mesh_format: str = "ply", preview: bool = True) -> list[Path]:
+    """The small fixed set of scans for tests and the demo.
+
+    Same files as ``close-blender synth OUT_DIR --count 4 --seed 0 --points 8000 --preview``.
+    """
     written: list[Path] = []
-    for i, seed in enumerate(SAMPLE_SEEDS):
-        written += write_scan(out_dir, f"sample_{i:02d}", generate_scan(seed, n_points),
-                              mesh_format)
+    for i in range(SAMPLE_COUNT):
+        scan = generate_scan(SAMPLE_SEED, n_points, index=i)
+        written += write_scan(out_dir, f"synth_{SAMPLE_SEED}_{i:04d}", scan, mesh_format, preview)
     return written
