@@ -8,16 +8,21 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
+# The oldest Blender the manifest claims (blender_version_min), for the compatibility tests.
+OLDEST := .venv-blender42
+OLDEST_PINS := bpy==4.2.0 numpy==1.26.4
 
 .PHONY: setup demo test lint extension clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e ".[worker,test]"
 	$(VPY) tools/warm_caches.py
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet $(OLDEST_PINS)
 	touch $(STAMP)
 
 demo: setup

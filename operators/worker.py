@@ -7,6 +7,8 @@ import sys
 
 import bpy
 
+from ..close_blender.errors import CloseError
+from ..close_blender.worker_client import install_command
 from ..panels.preferences import data_dir, get_prefs, packages_dir
 from . import worker_session
 
@@ -36,9 +38,11 @@ class CLOSE_OT_worker_check(bpy.types.Operator):
             prefs.last_check = f"Worker failed: {exc}"
             self.report({"ERROR"}, f"Worker check failed: {exc}")
             return {"CANCELLED"}
-        lines = [f"Python {info.get('python', '?')}",
-                 f"torch {info.get('torch') or 'missing'}, device {info.get('device', '?')}"]
-        missing = [name for name, ok in info.get("packages", {}).items() if not ok]
+        devices = ", ".join(info.get("devices", []))
+        lines = [f"Python {info.get('python', '?')} ({info.get('executable', '?')})",
+                 f"torch {info.get('torch') or 'missing'}; devices: {devices}"]
+        missing = [name for name, pkg in info.get("packages", {}).items()
+                   if not pkg.get("present")]
         lines.append("Missing: " + ", ".join(missing) if missing else "All packages present")
         prefs.last_check = "\n".join(lines)
         self.report({"INFO"}, "; ".join(lines))
@@ -76,12 +80,13 @@ class CLOSE_OT_install_packages(bpy.types.Operator):
             message=f"Download about 1 GB of packages into {packages_dir()}?")
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        if not bpy.app.online_access:
-            self.report({"ERROR"}, "Online access is off: allow it in Preferences > System > Network")
-            return {"CANCELLED"}
         target = packages_dir()
-        cmd = [sys.executable, "-m", "pip", "install", "--upgrade", "--target", str(target),
-               *WORKER_REQUIREMENTS]
+        try:
+            cmd = install_command(sys.executable, target, list(WORKER_REQUIREMENTS),
+                                  online_access=bpy.app.online_access)
+        except CloseError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
         self.report({"INFO"}, "Installing packages (see the console)...")
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:

@@ -1,38 +1,32 @@
 """The one worker process of this Blender session, started on demand.
 
 Blender never imports torch: jobs go to a worker process through
-``close_blender.worker_client``. This module keeps that client and restarts it
-when the chosen Python changes.
+``close_blender.worker_client``. This module keeps that client, restarts it
+when the chosen Python changes, and tracks running jobs so they can be
+cancelled from anywhere in the UI.
 """
 
 from __future__ import annotations
 
-import os
-
+from ..close_blender.worker_client import Job, WorkerClient
 from ..panels.preferences import EXTENSION_ROOT, get_prefs, packages_dir, worker_python
 
-_client = None
+_client: WorkerClient | None = None
 _client_key: tuple | None = None
+_jobs: list[Job] = []
 
 
 def worker_env(prefs) -> dict[str, str]:
-    """Environment for the worker: packages installed for Blender's Python, device choice."""
-    env = dict(os.environ)
-    paths = [str(EXTENSION_ROOT)]
+    """Extra environment for the worker: packages installed for Blender's Python, device."""
+    env = {"CLOSE_DEVICE": prefs.device.lower()}
     if prefs.python_source == "BLENDER":
-        paths.append(str(packages_dir()))
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["CLOSE_DEVICE"] = prefs.device.lower()
+        env["PYTHONPATH"] = str(packages_dir())
     return env
 
 
-def get_client(context=None):
+def get_client(context=None) -> WorkerClient:
     """The worker client for the current preferences (the process starts on the first job)."""
     global _client, _client_key
-    from ..close_blender.worker_client import WorkerClient
-
     prefs = get_prefs(context)
     python = worker_python(prefs)
     key = (python, prefs.python_source, prefs.device)
@@ -45,9 +39,17 @@ def get_client(context=None):
     return _client
 
 
-def current_client():
-    """The client if one exists (never starts one)."""
-    return _client
+def submit(name: str, params: dict, arrays: dict, context=None) -> Job:
+    """Submit a job to the worker and track it for ``cancel_all``."""
+    prefs = get_prefs(context)
+    job = get_client(context).submit(name, params, arrays, timeout=prefs.job_timeout)
+    _jobs[:] = [j for j in _jobs if not j.done()] + [job]
+    return job
+
+
+def cancel_all() -> int:
+    """Cancel every running job; returns how many were asked to stop."""
+    return sum(1 for job in _jobs if job.cancel())
 
 
 def stop() -> None:
@@ -57,3 +59,4 @@ def stop() -> None:
         _client.stop()
     _client = None
     _client_key = None
+    _jobs.clear()

@@ -12,7 +12,9 @@ classes: tuple[type, ...] = (*preferences.classes, *sidebar.classes)
 
 def register_properties() -> None:
     bpy.types.Scene.close_blender = bpy.props.PointerProperty(type=properties.CloseSceneSettings)
+    bpy.types.Object.close_blender = bpy.props.PointerProperty(type=properties.CloseObjectResult)
 
 
 def unregister_properties() -> None:
+    del bpy.types.Object.close_blender
     del bpy.types.Scene.close_blender

@@ -88,4 +88,27 @@ def display_name(index: int) -> str:
     return DISPLAY_NAMES[index]
 
 
-classes = (CloseSceneSettings,)
+class CloseClassStat(bpy.types.PropertyGroup):
+    """One row of the per-class result table."""
+
+    index: IntProperty(name="Class", description="Class index in the CloSe order")
+    count: IntProperty(name="Vertices", description="Vertices labelled with this class")
+    mean_confidence: FloatProperty(name="Confidence",
+                                   description="Mean network confidence of these vertices",
+                                   subtype="FACTOR")
+
+
+class CloseObjectResult(bpy.types.PropertyGroup):
+    """What the last segmentation of this object produced (kept with the .blend)."""
+
+    stats: bpy.props.CollectionProperty(type=CloseClassStat)
+    checkpoint: StringProperty(name="Checkpoint", description="Checkpoint that made the labels")
+    checkpoint_sha256: StringProperty(name="Checkpoint Hash",
+                                      description="SHA-256 of the checkpoint's weights")
+    garments: StringProperty(name="Garments", description="Classes the network could choose from")
+    body_fit: StringProperty(name="Body Fit", description="Quality of the automatic body fit")
+    color_source: StringProperty(name="Colour Source",
+                                 description="Where the scan colours given to the network came from")
+
+
+classes = (CloseSceneSettings, CloseClassStat, CloseObjectResult)

@@ -23,6 +23,12 @@ class CLOSE_PT_main(bpy.types.Panel):
         obj = context.active_object
         if obj is None or obj.type != "MESH":
             layout.label(text="Select a scan (a mesh object)", icon="ERROR")
+        row = layout.row(align=True)
+        row.scale_y = 1.5
+        row.operator("close.segment", icon="MOD_CLOTH")
+        row.operator("close.cancel", text="", icon="CANCEL")
+        layout.prop(settings, "passes")
+        layout.prop(settings, "show_label_colors")
 
 
 class CLOSE_PT_model(bpy.types.Panel):
@@ -68,4 +74,59 @@ class CLOSE_PT_garments(bpy.types.Panel):
             grid.prop(settings, "garments", index=i, text=DISPLAY_NAMES[i], toggle=True)
 
 
-classes = (CLOSE_PT_main, CLOSE_PT_model, CLOSE_PT_garments)
+class CLOSE_PT_body(bpy.types.Panel):
+    bl_idname = "CLOSE_PT_body"
+    bl_label = "Body"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "CloSe"
+    bl_parent_id = "CLOSE_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        settings = context.scene.close_blender
+        layout.prop(settings, "body_source", text="")
+        if settings.body_source == "SMPL":
+            layout.prop(settings, "smpl_model_dir")
+            layout.prop(settings, "smpl_registration")
+        obj = context.active_object
+        result = getattr(obj, "close_blender", None) if obj is not None else None
+        if result is not None and result.body_fit:
+            layout.label(text=result.body_fit, icon="ARMATURE_DATA")
+        layout.operator("close.fit_body", icon="OUTLINER_OB_ARMATURE")
+
+
+class CLOSE_PT_result(bpy.types.Panel):
+    bl_idname = "CLOSE_PT_result"
+    bl_label = "Result"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "CloSe"
+    bl_parent_id = "CLOSE_PT_main"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        obj = context.active_object
+        return obj is not None and obj.type == "MESH" and len(obj.close_blender.stats) > 0
+
+    def draw(self, context: bpy.types.Context) -> None:
+        result = context.active_object.close_blender
+        layout = self.layout
+        col = layout.column(align=True)
+        header = col.row()
+        header.label(text="Class")
+        header.label(text="Vertices")
+        header.label(text="Confidence")
+        for row_data in sorted(result.stats, key=lambda r: -r.count):
+            row = col.row()
+            row.label(text=DISPLAY_NAMES[row_data.index])
+            row.label(text=f"{row_data.count:,}")
+            row.label(text=f"{row_data.mean_confidence:.2f}")
+        if result.checkpoint:
+            layout.label(text=f"Model: {result.checkpoint}", icon="FILE")
+        if result.color_source == "grey":
+            layout.label(text="No scan colours were found (grey used)", icon="ERROR")
+
+
+classes = (CLOSE_PT_main, CLOSE_PT_model, CLOSE_PT_garments, CLOSE_PT_body, CLOSE_PT_result)

@@ -14,10 +14,10 @@ import warnings
 def main() -> None:
     start = time.perf_counter()
     warnings.filterwarnings("ignore")
-    import anny
+    from inference.body.anny_body import TOPOLOGIES, load_anny
 
-    anny.Anny(skinning_method="lbs")
-    anny.Anny(topology="notoes_collapse10pc", skinning_method="lbs")
+    for topology in TOPOLOGIES:
+        load_anny(topology)
     print(f"Anny model cache ready ({time.perf_counter() - start:.1f} s)")
 
 
