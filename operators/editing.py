@@ -13,6 +13,7 @@ from __future__ import annotations
 import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from mathutils import Color
 
 from ..close_blender import editing
 from ..close_blender.errors import CloseError
@@ -274,6 +275,17 @@ class CLOSE_OT_select_by_color(_MeshOperator, bpy.types.Operator):
 
 # --- painting and sync ---------------------------------------------------------------------
 
+def paint_color(struct: bpy.types.bpy_struct, prop: str, cls: int) -> tuple[float, float, float]:
+    """Class ``cls``'s colour in the space of ``struct.prop``: sRGB for a
+    gamma-corrected property, scene linear otherwise (brush and palette
+    colours are scene linear in Blender 5), so painting stores exactly the
+    class colour."""
+    rgb = Color(tuple(float(c) / 255.0 for c in PALETTE[cls]))
+    if struct.bl_rna.properties[prop].subtype != "COLOR_GAMMA":
+        rgb = rgb.from_srgb_to_scene_linear()
+    return tuple(rgb)
+
+
 def class_palette() -> bpy.types.Palette:
     """The 18-colour palette of the classes (created or refreshed)."""
     palette = bpy.data.palettes.get(PALETTE_NAME) or bpy.data.palettes.new(PALETTE_NAME)
@@ -281,8 +293,8 @@ def class_palette() -> bpy.types.Palette:
         palette.colors.remove(palette.colors[-1])
     while len(palette.colors) < len(CLASS_NAMES):
         palette.colors.new()
-    for color, rgb in zip(palette.colors, PALETTE, strict=True):
-        color.color = tuple(float(c) / 255.0 for c in rgb)
+    for cls, color in enumerate(palette.colors):
+        color.color = paint_color(color, "color", cls)
     return palette
 
 
@@ -314,16 +326,15 @@ class CLOSE_OT_paint_labels(_MeshOperator, bpy.types.Operator):
             with context.temp_override(active_object=obj, object=obj):
                 bpy.ops.object.mode_set(mode="VERTEX_PAINT")
         vp = context.scene.tool_settings.vertex_paint
-        palette = class_palette()
-        vp.palette = palette
-        rgb = palette.colors[class_index(self.label)].color
+        vp.palette = class_palette()
+        cls = class_index(self.label)
         ups = getattr(vp, "unified_paint_settings", None)
         if ups is not None:
             ups.use_unified_color = True
-            ups.color = rgb
+            ups.color = paint_color(ups, "color", cls)
         if vp.brush is not None:
             try:
-                vp.brush.color = rgb
+                vp.brush.color = paint_color(vp.brush, "color", cls)
             except AttributeError:  # a read-only brush asset
                 pass
         self.report({"INFO"}, f"{self.bl_label}: painting '{mesh_labels.COLOR_ATTR}' with "

@@ -167,6 +167,16 @@ def test_paint_and_sync_round_trip(ml, ops, scan) -> None:
     assert scan.mode == "VERTEX_PAINT"
     vp = bpy.context.scene.tool_settings.vertex_paint
     assert vp.palette.name == ops.PALETTE_NAME and len(vp.palette.colors) == 18
+    from mathutils import Color
+
+    def shown(struct) -> np.ndarray:  # the colour as the user sees it, sRGB
+        c = Color(struct.color)
+        if struct.bl_rna.properties["color"].subtype != "COLOR_GAMMA":
+            c = c.from_scene_linear_to_srgb()
+        return np.array(c)
+
+    assert np.allclose(shown(vp.palette.colors[HAT]), PALETTE[HAT] / 255.0, atol=2e-3)
+    assert np.allclose(shown(vp.unified_paint_settings), PALETTE[JACKET] / 255.0, atol=2e-3)
     bpy.ops.object.mode_set(mode="OBJECT")
     mesh = scan.data
     before = ml.read_labels(mesh)
