@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(VPY) tools/warm_caches.py
 	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
 	$(OLDEST)/bin/python -m pip install --quiet $(OLDEST_PINS)
+	$(VPY) -m close_blender synth data/samples --count 4 --seed 0 --preview
 	touch $(STAMP)
 
 demo: setup
