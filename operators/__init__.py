@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import worker, worker_session
+from . import editing, segment, worker, worker_session
 
-classes: tuple[type, ...] = (*worker.classes,)
+classes: tuple[type, ...] = (*worker.classes, *segment.classes, *editing.classes)
 
 
 def shutdown() -> None:
