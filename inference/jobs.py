@@ -16,6 +16,7 @@ the worker starts fast and ``check`` works on a Python without torch.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import platform
@@ -259,8 +260,9 @@ def sleep(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
 @job("release")
 def release(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
     """Drop cached models and give accelerator memory back."""
-    n = len(ctx.cache.keys())
+    n = len(ctx.cache.keys()) + len(PREPARED.keys())
     ctx.cache.clear()
+    PREPARED.clear()
     return {"released": n}
 
 
@@ -362,6 +364,24 @@ def _load_predictor(ctx: JobContext, checkpoint: str, device: str, chunk_size: i
     return ctx.cache.get(key, load)
 
 
+# Body fits of recent scans, keyed by the scan's content and the body options: segmenting
+# the same mesh again (other garments, more passes) skips the fit.
+PREPARED = ModelCache(max_entries=4)
+
+
+def _content_key(arrays: Arrays, params: dict) -> tuple:
+    digest = hashlib.sha1()
+    for name in ("vertices", "faces", "colors", "normals"):
+        a = arrays.get(name)
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            digest.update(f"{name}{a.dtype}{a.shape}".encode())
+            digest.update(a.tobytes())
+    options = tuple(str(params.get(k) or "") for k in
+                    ("body", "up", "smpl_model_dir", "registration"))
+    return ("prepared", digest.hexdigest(), options)
+
+
 def _prepare(params: dict, arrays: Arrays, ctx: JobContext, garments: np.ndarray,
              start: float, end: float):
     """Normalize the scan and fit the body: (closed dict, BodyFit, warnings)."""
@@ -371,11 +391,17 @@ def _prepare(params: dict, arrays: Arrays, ctx: JobContext, garments: np.ndarray
     body = params.get("body", "anny")
     if body not in ("anny", "smpl"):
         raise CloseError(f"unknown body model {body!r}", "use 'anny' or 'smpl'")
-    closed, fit = prepare_arrays(
-        v, faces, colors, normals, body=body, up=params.get("up", "y"), garments=garments,
-        smpl_model_dir=params.get("smpl_model_dir"), registration=params.get("registration"),
-        progress=ctx.sub(start, end, "Body"), cancelled=ctx.cancelled)
-    return closed, fit, warnings
+
+    def fit():
+        return prepare_arrays(
+            v, faces, colors, normals, body=body, up=params.get("up", "y"), garments=garments,
+            smpl_model_dir=params.get("smpl_model_dir") or None,
+            registration=params.get("registration") or None,
+            progress=ctx.sub(start, end, "Body"), cancelled=ctx.cancelled)
+
+    closed, fit_result = PREPARED.get(_content_key(arrays, params), fit)
+    closed = {**closed, "garments": garments}
+    return closed, fit_result, warnings
 
 
 def _fit_fields(fit: Any) -> Fields:
