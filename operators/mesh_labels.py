@@ -236,8 +236,9 @@ def read_selection(mesh: bpy.types.Mesh) -> np.ndarray:
 
 
 def write_selection(mesh: bpy.types.Mesh, mask: np.ndarray) -> None:
-    """Select exactly the masked vertices, and the edges and faces they span
-    entirely (so Edit mode shows the same selection in every select mode).
+    """Select exactly the masked vertices (hidden ones never), and the edges
+    and faces they span entirely (so Edit mode shows the same selection in
+    every select mode).
 
     Writes the boolean selection layers directly: ``foreach_set("select")``
     on the element collections is ~50x slower. A layer of the wrong type is
@@ -248,6 +249,11 @@ def write_selection(mesh: bpy.types.Mesh, mask: np.ndarray) -> None:
     m = np.asarray(mask, bool)
     if m.shape != (len(mesh.vertices),):
         raise ValueError(f"mask has shape {m.shape}, the mesh has {len(mesh.vertices)} vertices")
+    hidden = mesh.attributes.get(".hide_vert")
+    if hidden is not None and hidden.data_type == "BOOLEAN" and hidden.domain == "POINT":
+        hide = np.zeros(len(m), bool)
+        hidden.data.foreach_get("value", hide)
+        m = m & ~hide
     values = {".select_vert": m}
     if len(mesh.edges):
         values[".select_edge"] = m[_edge_verts(mesh)].all(axis=1)

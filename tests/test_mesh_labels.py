@@ -160,6 +160,14 @@ def test_selection_and_graph_helpers(ml, clean_scene) -> None:
     sel_faces = np.empty(len(mesh.polygons), bool)
     mesh.polygons.foreach_get("select", sel_faces)
     assert sel_faces.sum() == 2
+    mesh.vertices[1].hide = True  # hidden vertices are never selected
+    ml.write_selection(mesh, mask)
+    assert np.flatnonzero(ml.read_selection(mesh)).tolist() == [0, 4, 5]
+    mesh.polygons.foreach_get("select", sel_faces)
+    assert sel_faces.sum() == 1
+    mesh.vertices[1].hide = False
+    ml.write_selection(mesh, np.zeros(16, bool))
+    assert not ml.read_selection(mesh).any()
     adj = ml.read_adjacency(mesh)
     assert adj.neighbors(0).tolist() == [1, 4, 5]
     assert ml.read_points(mesh).shape == (16, 3)
