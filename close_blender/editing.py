@@ -288,11 +288,14 @@ def grow_radius(points: np.ndarray, mask: np.ndarray, radius: float,
 
 def select_by_color(colors: np.ndarray, seed_mask: np.ndarray, tolerance: float,
                     points: np.ndarray | None = None, radius: float | None = None,
-                    adjacency: Adjacency | None = None) -> tuple[np.ndarray, SelectionReport]:
+                    adjacency: Adjacency | None = None, match: str = "mean"
+                    ) -> tuple[np.ndarray, SelectionReport]:
     """Select vertices whose scan colour is like the selection's (texture similarity).
 
     A vertex is similar when its RGB colour (0-1) lies within ``tolerance``
-    (Euclidean distance) of the mean colour of the seed vertices. With
+    (Euclidean distance) of the mean colour of the seed vertices
+    (``match="mean"``), or of any one seed's colour (``match="any"``, for
+    patterned fabric whose mean colour appears nowhere). With
     ``points`` and ``radius`` only vertices within ``radius`` of a seed count;
     with ``adjacency`` only similar vertices connected to a seed through
     similar vertices (a magic wand). The seeds stay selected.
@@ -301,8 +304,15 @@ def select_by_color(colors: np.ndarray, seed_mask: np.ndarray, tolerance: float,
     seeds = _mask(seed_mask, len(col))
     if not seeds.any():
         return _selection(seeds, seeds.copy())
-    ref = col[seeds].mean(axis=0)
-    similar = ((col - ref) ** 2).sum(axis=1) <= float(tolerance) ** 2
+    tol = float(tolerance)
+    if match == "mean":
+        ref = col[seeds].mean(axis=0)
+        similar = ((col - ref) ** 2).sum(axis=1) <= tol ** 2
+    elif match == "any":
+        # a grid hash in colour space: a cube of side `tol` per cell
+        similar = within_radius(col, np.unique(col[seeds], axis=0), tol)
+    else:
+        raise ValueError(f"match must be 'mean' or 'any', not {match!r}")
     if radius is not None:
         if points is None:
             raise ValueError("a radius needs the vertex positions (points)")

@@ -250,6 +250,13 @@ class CLOSE_OT_select_by_color(_MeshOperator, bpy.types.Operator):
     radius: FloatProperty(name="Radius",
                           description="Only within this distance of the selection (0: anywhere)",
                           default=0.0, min=0.0, soft_max=1.0, subtype="DISTANCE")
+    match: EnumProperty(
+        name="Match",
+        description="What a vertex's colour is compared with",
+        items=(("MEAN", "Mean Colour", "The mean colour of the selection (plain fabric)"),
+               ("ANY", "Any Selected Colour", "The colour of any selected vertex "
+                                              "(patterned fabric)")),
+        default="MEAN")
     connected: BoolProperty(name="Connected",
                             description="Only similar vertices connected to the selection",
                             default=True)
@@ -269,7 +276,8 @@ class CLOSE_OT_select_by_color(_MeshOperator, bpy.types.Operator):
         adj = mesh_labels.read_adjacency(mesh) if self.connected else None
         mask, report = editing.select_by_color(
             colors, selection, self.tolerance, points=pts,
-            radius=self.radius if self.radius > 0 else None, adjacency=adj)
+            radius=self.radius if self.radius > 0 else None, adjacency=adj,
+            match=self.match.lower())
         return apply_selection(obj, mask, report)
 
 

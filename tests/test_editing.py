@@ -106,6 +106,18 @@ def test_select_by_color_tolerance_radius_and_connectivity() -> None:
         editing.select_by_color(colors, seeds, 0.05, radius=1.0)
 
 
+def test_select_by_color_any_seed_matches_patterns() -> None:
+    # a black/white check pattern: its mean grey matches nothing, any-seed matches both
+    colors = np.array([[0.0, 0, 0], [1, 1, 1], [0.02, 0, 0], [0.98, 1, 1], [0.5, 0.5, 0.5]])
+    seeds = np.array([1, 1, 0, 0, 0], bool)
+    sel, _ = editing.select_by_color(colors, seeds, 0.05)
+    assert sel.tolist() == [True, True, False, False, True]
+    sel, _ = editing.select_by_color(colors, seeds, 0.05, match="any")
+    assert sel.tolist() == [True, True, True, True, False]
+    with pytest.raises(ValueError):
+        editing.select_by_color(colors, seeds, 0.05, match="median")
+
+
 def test_smooth_labels_majority_filter() -> None:
     adj = path(7)
     labels = np.array([SHIRT, SHIRT, BODY, SHIRT, SHIRT, PANTS, PANTS])

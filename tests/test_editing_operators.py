@@ -156,6 +156,9 @@ def test_select_by_color(ml, scan) -> None:
     select(ml, scan, [0])
     assert bpy.ops.close.select_by_color(tolerance=0.05) == {"FINISHED"}
     assert np.array_equal(ml.read_selection(mesh), np.arange(n) % 12 < 8)
+    select(ml, scan, [0, 11])  # one vertex of each colour: any-seed matching takes both
+    assert bpy.ops.close.select_by_color(tolerance=0.05, match="ANY", connected=False) == {"FINISHED"}
+    assert ml.read_selection(mesh).all()
     # the labels' own colour attribute is never taken for the scan's colours
     assert mesh.color_attributes.active_color_name == "close_label_color"
 
