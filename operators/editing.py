@@ -21,6 +21,7 @@ from ..close_blender.labels import CLASS_NAMES, DISPLAY_NAMES, PALETTE, class_in
 from . import mesh_labels
 
 OVERLAY_ATTR = "close_label_overlay"
+OVERLAY_STRENGTH_KEY = "close_overlay_strength"
 PALETTE_NAME = "CloSe Classes"
 
 CLASS_ITEMS = [(name, DISPLAY_NAMES[i], f"CloSe class {DISPLAY_NAMES[i]} (index {i})", i)
@@ -82,8 +83,32 @@ def apply_labels(obj: bpy.types.Object, old: np.ndarray | None, new: np.ndarray,
         if conf is None or conf.shape != (n,):
             conf = np.ones(n, np.float32)
         conf[new != old] = 1.0
+        showing_overlay = mesh.color_attributes.active_color_name == OVERLAY_ATTR
         mesh_labels.write_labels(obj, new, confidence=conf)
+        if showing_overlay:  # keep showing the overlay, now of the new labels
+            write_overlay(obj, new, float(mesh.get(OVERLAY_STRENGTH_KEY, 0.5)))
     return report.summary()
+
+
+def write_overlay(obj: bpy.types.Object, labels: np.ndarray, strength: float) -> None:
+    """Blend the label colours over the scan's colours into ``close_label_overlay``
+    and show it (display only; the strength is remembered on the mesh)."""
+    mesh = obj.data
+    name = scan_color_name(mesh)
+    n = len(mesh.vertices)
+    scan = (mesh_labels.read_color_attribute(mesh, name) if name
+            else np.full((n, 4), 0.8, np.float32))
+    rgba = editing.overlay_colors(scan, labels, strength)
+    attr = mesh.attributes.get(OVERLAY_ATTR)
+    if attr is not None and (attr.domain != "POINT" or attr.data_type != "FLOAT_COLOR"):
+        mesh.attributes.remove(attr)
+        attr = None
+    if attr is None:
+        attr = mesh.color_attributes.new(OVERLAY_ATTR, "FLOAT_COLOR", "POINT")
+    attr.data.foreach_set("color_srgb", rgba.reshape(-1))
+    mesh.color_attributes.active_color = mesh.color_attributes[OVERLAY_ATTR]
+    mesh[OVERLAY_STRENGTH_KEY] = float(strength)
+    mesh.update_tag()
 
 
 def apply_selection(obj: bpy.types.Object, mask: np.ndarray,
@@ -397,28 +422,15 @@ class CLOSE_OT_label_overlay(_MeshOperator, bpy.types.Operator):
     bl_idname = "close.label_overlay"
     bl_label = "Label Overlay"
     bl_description = ("Show the label colours blended over the scan's own colours "
-                      "(display only; the labels do not change)")
+                      "(display only; the labels do not change; edits keep it up to date "
+                      "while it is shown)")
 
     strength: FloatProperty(name="Strength",
                             description="0 shows the scan's colours, 1 the label colours",
                             default=0.5, min=0.0, max=1.0, subtype="FACTOR")
 
     def edit(self, context, obj, labels, selection):
-        mesh = obj.data
-        name = scan_color_name(mesh)
-        n = len(mesh.vertices)
-        scan = (mesh_labels.read_color_attribute(mesh, name) if name
-                else np.full((n, 4), 0.8, np.float32))
-        rgba = editing.overlay_colors(scan, labels, self.strength)
-        attr = mesh.attributes.get(OVERLAY_ATTR)
-        if attr is not None and (attr.domain != "POINT" or attr.data_type != "FLOAT_COLOR"):
-            mesh.attributes.remove(attr)
-            attr = None
-        if attr is None:
-            attr = mesh.color_attributes.new(OVERLAY_ATTR, "FLOAT_COLOR", "POINT")
-        attr.data.foreach_set("color_srgb", rgba.reshape(-1))
-        mesh.color_attributes.active_color = mesh.color_attributes[OVERLAY_ATTR]
-        mesh.update_tag()
+        write_overlay(obj, labels, self.strength)
         return f"strength {self.strength:.2f} shown in '{OVERLAY_ATTR}'"
 
 

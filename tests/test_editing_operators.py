@@ -226,6 +226,12 @@ def test_label_overlay_is_display_only(ml, scan) -> None:
     over = ml.read_color_attribute(mesh, "close_label_overlay")
     assert np.allclose(over[:, :3], PALETTE[before] / 255.0, atol=1e-3)
     assert np.array_equal(ml.read_labels(mesh), before)
+    # an edit while the overlay is shown refreshes it and keeps it shown
+    select(ml, scan, [0])
+    assert bpy.ops.close.assign_label(label="Jacket") == {"FINISHED"}
+    assert mesh.color_attributes.active_color_name == "close_label_overlay"
+    over = ml.read_color_attribute(mesh, "close_label_overlay")
+    assert np.allclose(over[0, :3], PALETTE[JACKET] / 255.0, atol=1e-3)
     assert bpy.ops.close.paint_labels() == {"FINISHED"}  # paints the labels, not the overlay
     assert mesh.color_attributes.active_color_name == "close_label_color"
     bpy.ops.object.mode_set(mode="OBJECT")
