@@ -189,7 +189,9 @@ def test_paint_and_sync_round_trip(ml, ops, scan) -> None:
     rgba[1, :3] = 0.9 * PALETTE[JACKET] / 255.0 + 0.1 * PALETTE[BODY] / 255.0
     rgba[119, :3] = PALETTE[PANTS] / 255.0
     mesh.attributes["close_label_color"].data.foreach_set("color_srgb", rgba.reshape(-1))
+    bpy.ops.object.mode_set(mode="VERTEX_PAINT")
     assert bpy.ops.close.sync_from_paint() == {"FINISHED"}
+    bpy.ops.object.mode_set(mode="OBJECT")
     labels = ml.read_labels(mesh)
     want = before.copy()
     want[[0, 1]] = JACKET
@@ -207,7 +209,10 @@ def test_groups_sync_round_trip(ml, scan) -> None:
     jacket.add([2], 0.3, "REPLACE")               # lower than Body -> stays Body
     scan.vertex_groups["CloSe_Body"].remove([3])  # in no group -> keeps Body
     scan.vertex_groups["CloSe_Shirt"].add([4], 1.0, "REPLACE")  # Body + Shirt tie -> Shirt
+    bpy.ops.object.mode_set(mode="WEIGHT_PAINT")  # where weight-painting users call it
     assert bpy.ops.close.sync_from_groups() == {"FINISHED"}
+    assert scan.mode == "WEIGHT_PAINT"
+    bpy.ops.object.mode_set(mode="OBJECT")
     labels = ml.read_labels(scan.data)
     want = before.copy()
     want[[0, 1]] = JACKET
