@@ -47,17 +47,44 @@ def _folded(layer: ConvBNAct | LinearBNAct) -> tuple[torch.Tensor, torch.Tensor]
     return fold_bn(lin.weight.detach(), layer.bn)
 
 
+KNN_BLOCK = 8  # row block size of the two-stage top-k
+
+
+def topk_indices(d: torch.Tensor, k: int, n: int) -> torch.Tensor:
+    """Column indices of the k largest of the first n entries of each row of d.
+
+    ``d`` (R, W) holds -inf beyond column n. For long rows the search runs in two
+    stages: the k blocks of KNN_BLOCK columns with the largest maxima hold every
+    one of the k largest entries (each of those blocks' maxima is >= the k-th
+    largest entry), so the exact top k is the top k of those k blocks. Both
+    stages are small top-k calls, several times cheaper than one over the row.
+    """
+    rows, width = d.shape
+    bs = KNN_BLOCK
+    if n < bs * k or width % bs:
+        return d.topk(k, dim=-1, sorted=False).indices
+    v = d.view(rows, width // bs, bs)
+    blocks = v.amax(-1).topk(k, dim=-1, sorted=False).indices  # (R, k)
+    cand = v.gather(1, blocks.unsqueeze(-1).expand(rows, k, bs)).view(rows, k * bs)
+    sel = cand.topk(k, dim=-1, sorted=False).indices
+    return blocks.gather(1, sel // bs) * bs + sel % bs
+
+
 def knn_rows(x: torch.Tensor, k: int, tile: int = 256) -> torch.Tensor:
     """k nearest (self included) of each point of x (N, C): indices (N, k).
 
     Same ranking as the reference (``2 x_i.x_j - |x_i|^2 - |x_j|^2``, largest
-    first), by tiles of rows so the distance block stays in cache. On CPU the
-    rows are padded with -inf to 64 k columns: torch's topk then takes its
-    partial-sort path, which is faster for k << N; the padding is never chosen.
+    first), by tiles of rows so the distance block stays in cache. Rows are padded
+    with -inf (never chosen while N >= k): to a multiple of the block size for the
+    two-stage search, and for short rows on CPU to 64 k columns, where torch's CPU
+    topk switches to its faster partial sort.
     """
     n = x.shape[0]
     sq = (x * x).sum(-1)
-    width = max(n, 64 * k) if x.device.type == "cpu" else n
+    if n >= KNN_BLOCK * k:
+        width = -(-n // KNN_BLOCK) * KNN_BLOCK
+    else:
+        width = max(n, 64 * k) if x.device.type == "cpu" else n
     rows = min(tile, n)
     buf = torch.full((rows, width), float("-inf"), dtype=x.dtype, device=x.device)
     out = torch.empty((n, k), dtype=torch.long, device=x.device)
@@ -67,7 +94,7 @@ def knn_rows(x: torch.Tensor, k: int, tile: int = 256) -> torch.Tensor:
         d = buf[: e - s]
         block = torch.addmm(sq, x[s:e], xt, beta=-1.0, alpha=2.0)
         d[:, :n] = block.sub_(sq[s:e, None])
-        out[s:e] = d.topk(k, dim=-1, sorted=False).indices
+        out[s:e] = topk_indices(d, k, n)
     return out
 
 

@@ -85,7 +85,7 @@ class Predictor:
     """Runs a CloSe-Net over whole scans with the fast eval path."""
 
     def __init__(self, model: CloseNet, device: str = "auto", chunk_size: int = 2048,
-                 max_batch_chunks: int | None = None) -> None:
+                 max_batch_chunks: int | None = None, workers: int | None = None) -> None:
         if int(chunk_size) < 1:
             raise ScanError(f"chunk size must be at least 1, got {chunk_size}")
         self.device = pick_device(device)
@@ -94,13 +94,47 @@ class Predictor:
         self.config = model.config
         self.chunk_size = int(chunk_size)
         if max_batch_chunks is None:
-            # CPU: per-cloud work is tiled anyway, a few chunks batch the decoder GEMMs.
-            # GPU: enough chunks per forward to fill the device, still bounded memory.
-            max_batch_chunks = 4 if self.device.type == "cpu" else 16
+            # CPU: per-cloud work is tiled anyway; two chunks batch the decoder GEMMs
+            # and keep the worker threads balanced. GPU: enough chunks per forward
+            # to fill the device, memory still bounded.
+            max_batch_chunks = 2 if self.device.type == "cpu" else 16
         self.max_batch_chunks = max(1, int(max_batch_chunks))
         self.fast = FusedCloseNet(model).to(self.device)
-        if self.device.type != "cpu":
+        if self.device.type == "cpu":
+            # One single-threaded forward per core, on different batches: no
+            # barriers between the many mid-sized ops, robust to background load.
+            self.workers = max(1, torch.get_num_threads()) if workers is None else int(workers)
+        else:
+            self.workers = 1
             self.fast.tile = 4096  # whole chunks at once: no cache to fit
+
+    def _run_parallel(self, batches, forward, collect, check_cancel) -> None:
+        """Run batches on worker threads (1 intra-op thread each), collect in order."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        pending: deque = deque()
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="closenet") as pool:
+                try:
+                    for i, (p, idx) in enumerate(batches):
+                        check_cancel()
+                        pending.append((i, p, idx, pool.submit(forward, idx)))
+                        while len(pending) > self.workers:
+                            j, q, jdx, fut = pending.popleft()
+                            collect(j, q, jdx, fut.result())
+                    while pending:
+                        check_cancel()
+                        j, q, jdx, fut = pending.popleft()
+                        collect(j, q, jdx, fut.result())
+                except BaseException:
+                    for *_, fut in pending:
+                        fut.cancel()
+                    raise
+        finally:
+            torch.set_num_threads(previous)
 
     def predict(self, points, colors, normals, canon, garments, *, passes: int = 1,
                 order: str = "shuffled", seed: int = 0, progress: Progress | None = None,
@@ -144,22 +178,34 @@ class Predictor:
             if n_full * cs < n:
                 batches.append((p, perm[n_full * cs:][None, :]))
 
-        with torch.inference_mode():
-            for i, (p, idx) in enumerate(batches):
-                if cancelled is not None and cancelled():
-                    raise Cancelled()
+        def forward(idx: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
                 x = feats[torch.from_numpy(idx.reshape(-1))].view(*idx.shape, -1).to(dev)
-                b = idx.shape[0]
-                out = self.fast(x[..., :9], x[..., 9:], garm_t.expand(b, -1))
-                out = out.float().reshape(-1, n_cls)
-                flat = idx.reshape(-1)
-                if passes == 1:
-                    logits_out[flat] = out.cpu().numpy()
-                else:
-                    prob_sum[flat] += torch.softmax(out, dim=-1).double().cpu().numpy()
-                if progress is not None:
-                    progress((i + 1) / len(batches),
-                             f"pass {p + 1}/{passes}: {i + 1}/{len(batches)} batches")
+                out = self.fast(x[..., :9], x[..., 9:], garm_t.expand(idx.shape[0], -1))
+                return out.float().reshape(-1, n_cls).cpu().numpy()
+
+        def collect(i: int, p: int, idx: np.ndarray, out: np.ndarray) -> None:
+            flat = idx.reshape(-1)
+            if passes == 1:
+                logits_out[flat] = out
+            else:  # softmax in float64: averaging must not depend on the pass order
+                z = out.astype(np.float64)
+                z = np.exp(z - z.max(axis=1, keepdims=True))
+                prob_sum[flat] += z / z.sum(axis=1, keepdims=True)
+            if progress is not None:
+                progress((i + 1) / len(batches),
+                         f"pass {p + 1}/{passes}: {i + 1}/{len(batches)} batches")
+
+        def check_cancel() -> None:
+            if cancelled is not None and cancelled():
+                raise Cancelled()
+
+        if self.workers <= 1:
+            for i, (p, idx) in enumerate(batches):
+                check_cancel()
+                collect(i, p, idx, forward(idx))
+        else:
+            self._run_parallel(batches, forward, collect, check_cancel)
         if passes == 1:
             logits_t = torch.from_numpy(logits_out)
             probs = torch.softmax(logits_t, dim=-1)
@@ -192,7 +238,7 @@ def predict_scan(arrays: dict, checkpoint, **options) -> Prediction:
     if missing:
         raise ScanError(f"the scan lacks {', '.join(missing)}",
                         "a CloSe-D scan needs points, colors, normals, canon_pose, garments")
-    make = {k: options.pop(k) for k in ("device", "chunk_size", "max_batch_chunks")
+    make = {k: options.pop(k) for k in ("device", "chunk_size", "max_batch_chunks", "workers")
             if k in options}
     predictor = Predictor(checkpoint.model, **make)
     return predictor.predict(arrays["points"], arrays["colors"], arrays["normals"],
