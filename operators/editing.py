@@ -119,10 +119,14 @@ def apply_selection(obj: bpy.types.Object, mask: np.ndarray,
 
 def scan_color_name(mesh: bpy.types.Mesh, preferred: str = "") -> str | None:
     """Name of the scan's own colour attribute: ``preferred`` if it exists, else
-    the first colour attribute that is not one of ours."""
+    the active colour attribute unless it is one of ours (label colours,
+    overlay), else the first one that is not ours."""
     if preferred and preferred in mesh.color_attributes:
         return preferred
     ours = {mesh_labels.COLOR_ATTR, OVERLAY_ATTR}
+    active = mesh.color_attributes.active_color
+    if active is not None and active.name not in ours:
+        return active.name
     for attr in mesh.color_attributes:
         if attr.name not in ours:
             return attr.name
