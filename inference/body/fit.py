@@ -1,0 +1,602 @@
+"""Automatic fit of Anny to a clothed scan (mesh or point cloud), no registration needed.
+
+Pipeline (all in metres, in a *fit frame*: the body frame of
+:mod:`inference.body.model` reached from the scan by ``p_fit = unit * R (p - centre)``):
+
+1. Checks (finite points, enough of them) and normals (mesh normals, or PCA
+   normals whose sign follows the body during the fit for point clouds).
+2. Units: the extent along the up axis says metres, centimetres or millimetres;
+   anything else is rescaled to a 1.7 m person and flagged in the message.
+3. Orientation search: every plausible up axis (``up="auto"``: the large-extent
+   axes, both signs) times four facings (both ways along the horizontal principal
+   axes) start a rigid + height fit in one batch; the best start wins.
+4. Pose and shape, coarse to fine on the reduced topology, from three arm starts
+   (A-pose, T-pose, arms down) in one batch; the best continues with more bones
+   and more scan points. KD-tree (cKDTree) correspondences are refreshed every
+   iteration.
+
+The loss suits clothed scans: with ``s`` the signed distance of a correspondence
+along the surface normal, body vertices outside the scan surface and scan points
+inside the body cost ``W_OUT``, a body inside loose clothing only ``W_IN``;
+scan points flagged as skin pull both ways at full weight. Robust (Geman-McClure)
+distances ignore far, unmatched parts (partial scans). Pose and shape priors keep
+the body human. The fitted body is then posed on the default topology.
+
+``BodyFit.quality`` holds ``residual_mean_m`` / ``residual_p95_m`` (scan point to
+body surface), ``outside_fraction`` (body vertices poking > 2 cm out of the scan),
+``inside_fraction`` (body vertices > 2 cm inside it: clothing), ``unexplained_fraction``
+(scan points > 15 cm from the body), ``iterations`` and ``seconds``; ``ok`` is False
+and ``message`` says why when the fit is not trustworthy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from close_blender.errors import Cancelled, ScanError
+
+from .anny_body import MEAN_PHENOTYPES, AnnyBody
+
+Progress = Callable[[float, str], None] | None
+CancelCheck = Callable[[], bool] | None
+
+W_OUT = 1.0      # body outside the scan surface / scan points inside the body
+W_IN = 0.08      # body inside the scan surface (loose clothing)
+W_SKIN = 1.0     # scan points labelled skin, both ways
+TIGHT = 0.015    # metres: within this, skin-tight clothing or noise, the loss is symmetric
+ROBUST_SIGMA = 0.06  # metres; Geman-McClure scale: correspondences far beyond it barely count
+MIN_POINTS = 200
+
+COARSE_BONES = (
+    "spine03", "spine01", "neck01", "head",
+    "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R",
+    "upperleg01.L", "upperleg01.R", "lowerleg01.L", "lowerleg01.R",
+)
+FINE_BONES = COARSE_BONES + (
+    "spine05", "spine04", "spine02", "neck02", "clavicle.L", "clavicle.R",
+    "shoulder01.L", "shoulder01.R", "wrist.L", "wrist.R", "foot.L", "foot.R",
+    "upperleg02.L", "upperleg02.R", "lowerarm02.L", "lowerarm02.R",
+)
+# per-bone prior weights (rotations in radians); the spine is stiffer than limbs
+_STIFF = {"spine05": 4.0, "spine04": 4.0, "spine03": 2.0, "spine02": 4.0, "spine01": 2.0,
+          "neck01": 2.0, "neck02": 4.0, "clavicle.L": 4.0, "clavicle.R": 4.0,
+          "shoulder01.L": 4.0, "shoulder01.R": 4.0, "upperleg02.L": 4.0, "upperleg02.R": 4.0,
+          "lowerarm02.L": 4.0, "lowerarm02.R": 4.0}
+
+
+@dataclass
+class BodyFit:
+    """A body fitted to a scan; ``vertices`` are in the scan's own frame and units."""
+
+    body: str
+    params: dict[str, np.ndarray]
+    vertices: np.ndarray
+    faces: np.ndarray
+    canonical_vertices: np.ndarray
+    quality: dict = field(default_factory=dict)
+    ok: bool = True
+    message: str = ""
+
+    def to_arrays(self, prefix: str = "body_") -> dict[str, np.ndarray]:
+        """Flat arrays to store beside a scan (npz), enough to rebuild the posed body."""
+        out = {f"{prefix}model": np.array(self.body), f"{prefix}ok": np.array(self.ok),
+               f"{prefix}message": np.array(self.message)}
+        for k, v in self.params.items():
+            out[f"{prefix}{k}"] = np.asarray(v)
+        for k, v in self.quality.items():
+            if isinstance(v, (int, float, np.floating, np.integer)):
+                out[f"{prefix}quality_{k}"] = np.asarray(v)
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_points(vertices: Any) -> np.ndarray:
+    v = np.asarray(vertices, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != 3:
+        raise ScanError(f"scan vertices have shape {v.shape}, expected (N, 3)")
+    bad = ~np.isfinite(v).all(axis=1)
+    if bad.any():
+        raise ScanError(f"the scan has {int(bad.sum())} of {len(v)} vertices with NaN or inf "
+                        "coordinates", "repair the mesh or delete those vertices first")
+    if len(v) < MIN_POINTS:
+        raise ScanError(f"the scan has only {len(v)} points; a body fit needs at least "
+                        f"{MIN_POINTS}", "give a denser scan")
+    ext = v.max(0) - v.min(0)
+    if not np.isfinite(ext).all() or ext.max() <= 0:
+        raise ScanError("the scan has no extent (all points coincide)")
+    return v
+
+
+def pca_normals(points: np.ndarray, k: int = 12) -> np.ndarray:
+    """Unoriented unit normals of a point cloud from the PCA of k neighbours."""
+    from scipy.spatial import cKDTree
+
+    k = min(k, len(points))
+    _, idx = cKDTree(points).query(points, k=k)
+    nb = points[idx] - points[idx].mean(1, keepdims=True)
+    cov = np.einsum("nki,nkj->nij", nb, nb)
+    _, vecs = np.linalg.eigh(cov)
+    return vecs[:, :, 0].astype(np.float64)
+
+
+def mesh_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals, flipped as a whole to point outwards."""
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    n = np.zeros_like(v)
+    for i in range(3):
+        np.add.at(n, f[:, i], fn)
+    length = np.linalg.norm(n, axis=1, keepdims=True)
+    n = np.where(length > 0, n / np.maximum(length, 1e-20), 0.0)
+    if np.sum((v - v.mean(0)) * n) < 0:  # inward winding
+        n = -n
+    return n
+
+
+def _unit_from_height(height: float) -> tuple[float, str]:
+    """(metres per scan unit, note) from the scan's extent along its up axis."""
+    for unit, name, lo, hi in ((1.0, "m", 0.7, 2.6), (0.01, "cm", 70, 260), (0.001, "mm", 700, 2600),
+                               (0.0254, "in", 28, 102)):
+        if lo <= height <= hi:
+            return unit, "" if name == "m" else f"scan units read as {name}"
+    return 1.7 / height, (f"the scan is {height:.4g} units tall, not a plausible person in m, cm "
+                          "or mm; rescaled to 1.7 m")
+
+
+def _frame(up: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """Rotation whose rows are the body axes (right, up, forward) in scan coordinates."""
+    up = up / np.linalg.norm(up)
+    forward = forward - up * np.dot(forward, up)
+    forward = forward / np.linalg.norm(forward)
+    return np.stack([np.cross(up, forward), up, forward])
+
+
+def _up_candidates(points: np.ndarray, up: str) -> list[np.ndarray]:
+    axes = {"x": 0, "y": 1, "z": 2}
+    if up in axes:
+        e = np.zeros(3)
+        e[axes[up]] = 1.0
+        return [e]
+    if up in ("-x", "-y", "-z"):
+        e = np.zeros(3)
+        e[axes[up[1]]] = -1.0
+        return [e]
+    if up != "auto":
+        raise ScanError(f"unknown up axis {up!r}", "use auto, x, y, z, -x, -y or -z")
+    ext = points.max(0) - points.min(0)
+    order = [i for i in (1, 2, 0) if ext[i] >= 0.6 * ext.max()]
+    out = []
+    for i in order:
+        for sign in (1.0, -1.0):
+            e = np.zeros(3)
+            e[i] = sign
+            out.append(e)
+    return out
+
+
+def _facing_candidates(points: np.ndarray, up: np.ndarray) -> list[np.ndarray]:
+    """Facing directions to try: both ways along the horizontal principal axes, those
+    the toes point to first (a standing person's feet reach forward of the ankles)."""
+    p = points - points.mean(0)
+    h = p @ up
+    p = p - np.outer(h, up)
+    _, _, vt = np.linalg.svd(p[:: max(1, len(p) // 5000)], full_matrices=False)
+    major, minor = vt[0], vt[1]
+    cands = [minor, -minor, major, -major]
+    lo, tall = h.min(), np.ptp(h)
+    feet = h < lo + 0.04 * tall
+    ankles = (h > lo + 0.06 * tall) & (h < lo + 0.14 * tall)
+    if feet.sum() > 10 and ankles.sum() > 10:
+        toes = p[feet].mean(0) - p[ankles].mean(0)
+        if np.linalg.norm(toes) > 0.015 * tall:
+            cands = sorted(cands, key=lambda c: -float(c @ toes))[:2]
+    return cands
+
+
+def _vertex_normals_t(verts: Any, faces: Any) -> Any:
+    """Unit vertex normals (B, V, 3) of a batch of meshes, torch, no gradient."""
+    import torch
+
+    with torch.no_grad():
+        v0, v1, v2 = verts[:, faces[:, 0]], verts[:, faces[:, 1]], verts[:, faces[:, 2]]
+        fn = torch.cross(v1 - v0, v2 - v0, dim=-1)
+        n = torch.zeros_like(verts)
+        for i in range(3):
+            n.index_add_(1, faces[:, i], fn)
+        return torch.nn.functional.normalize(n, dim=-1)
+
+
+def _gm(sq: Any, sigma: float = ROBUST_SIGMA) -> Any:
+    return sq / (sq + sigma * sigma)
+
+
+# --------------------------------------------------------------------------- the fitter
+class _Fitter:
+    """Batched Anny fit to one scan in the fit frame."""
+
+    def __init__(self, body: AnnyBody, points: np.ndarray, normals: np.ndarray | None,
+                 skin: np.ndarray | None, progress: Progress, cancelled: CancelCheck,
+                 rng: np.random.Generator) -> None:
+        import torch
+        from scipy.spatial import cKDTree
+
+        self.torch = torch
+        self.body = body
+        self.points = points  # (N, 3) fit frame, metres
+        self.normals = normals  # (N, 3) or None (point cloud: signs follow the body)
+        self.skin = skin
+        self.tree = cKDTree(points)
+        self.faces_t = torch.as_tensor(body.faces, dtype=torch.long)
+        self.progress = progress
+        self.cancelled = cancelled
+        self.rng = rng
+        self.iterations = 0
+        self.score_lam = 0.0
+
+    def subset(self, n: int) -> np.ndarray:
+        if len(self.points) <= n:
+            return np.arange(len(self.points))
+        return np.sort(self.rng.choice(len(self.points), n, replace=False))
+
+    def loss(self, verts: Any, sub: np.ndarray, sigma: float = ROBUST_SIGMA,
+             w_in: float = W_IN, sigma_s2b: float | None = None, lam: float = 0.0) -> Any:
+        """Per-batch-item data loss (B,) for posed body vertices (B, V, 3).
+
+        With ``lam`` > 0 (and oriented scan normals) correspondences are nearest
+        neighbours in (position, lam * normal): a sleeve point does not match the
+        torso beside it, so arms cannot hide inside the torso's clothing.
+        """
+        torch = self.torch
+        from scipy.spatial import cKDTree
+
+        nb = _vertex_normals_t(verts, self.faces_t)
+        nb_np = nb.cpu().numpy()
+        vb = verts.detach().cpu().numpy()
+        pts = self.points[sub]
+        pts_t = torch.as_tensor(pts, dtype=torch.float32)
+        skin = None if self.skin is None else torch.as_tensor(self.skin[sub], dtype=torch.float32)
+        if self.normals is None:
+            lam = 0.0
+        scan_key = pts if lam == 0 else np.hstack([pts, lam * self.normals[sub]])
+        sub_tree = cKDTree(scan_key)
+        out = []
+        for b in range(verts.shape[0]):
+            body_key = vb[b] if lam == 0 else np.hstack([vb[b], lam * nb_np[b]])
+            # body -> scan
+            _, k = sub_tree.query(body_key, k=1)
+            d = verts[b] - pts_t[k]
+            if self.normals is not None:
+                ns = torch.as_tensor(self.normals[sub][k], dtype=torch.float32)
+            else:  # point cloud: the scan normal takes the body's side
+                ns = torch.as_tensor(self._pc_normals[sub][k], dtype=torch.float32)
+                ns = ns * torch.sign((ns * nb[b]).sum(-1, keepdim=True) + 1e-9)
+            s = (d * ns).sum(-1)
+            sq = (d * d).sum(-1)
+            tight = W_OUT * _gm(sq.clamp(max=TIGHT * TIGHT), sigma)
+            w = torch.where(s > 0, W_OUT, w_in)
+            if skin is not None:
+                w = torch.where(skin[k] > 0, torch.full_like(w, W_SKIN), w)
+            l_b2s = torch.where(s > 0, w * _gm(sq, sigma), tight + w * _gm(sq, sigma)).mean()
+            # scan -> body
+            _, j = cKDTree(body_key).query(scan_key, k=1)
+            d2 = pts_t - verts[b][j]
+            s2 = (d2 * nb[b][j]).sum(-1)  # > 0: scan point outside the body (clothing)
+            sq2 = (d2 * d2).sum(-1)
+            sig2 = sigma_s2b or sigma
+            tight2 = W_OUT * _gm(sq2.clamp(max=TIGHT * TIGHT), sig2)
+            w2 = torch.where(s2 < 0, W_OUT, w_in)
+            if skin is not None:
+                w2 = torch.where(skin > 0, torch.full_like(w2, W_SKIN), w2)
+            l_s2b = torch.where(s2 < 0, w2 * _gm(sq2, sig2),
+                                tight2 + w2 * _gm(sq2, sig2)).mean()
+            out.append(l_b2s + l_s2b)
+        return torch.stack(out)
+
+    def posed(self, state: dict[str, Any]) -> Any:
+        """Posed vertices (B, V, 3) of a state, in the fit frame."""
+        torch = self.torch
+        pose = state["pose"].clone()
+        pose[:, 0] = state["glob"]
+        return self.body.forward(torch.sigmoid(state["phen"]), pose, state["transl"],
+                                 torch.exp(state["logscale"]))
+
+    def orient_normals(self, state: dict[str, Any]) -> None:
+        """Give the unoriented PCA normals of a point cloud the side of the nearest body normal."""
+        from scipy.spatial import cKDTree
+
+        with self.torch.no_grad():
+            verts = self.posed(state)
+            nb = _vertex_normals_t(verts, self.faces_t)[0].cpu().numpy()
+        _, j = cKDTree(verts[0].cpu().numpy()).query(self.points, k=1)
+        n = self._pc_normals
+        self.normals = n * np.sign(np.einsum("ij,ij->i", n, nb[j]) + 1e-9)[:, None]
+
+    def score(self, state: dict[str, Any]) -> Any:
+        """Sharp data loss (B,) on a fixed subset: ranks starts fairly."""
+        torch = self.torch
+        if not hasattr(self, "_score_idx"):
+            self._score_idx = self.subset(2000)
+        with torch.no_grad():
+            return self.loss(self.posed(state), self._score_idx, sigma=0.1, w_in=0.3,
+                             lam=self.score_lam)
+
+    def run(self, state: dict[str, Any], bones: tuple[str, ...], iters: int, n_points: int,
+            lr: float, frac: tuple[float, float], stage: str, shape: bool = True,
+            sigma: float = ROBUST_SIGMA, w_in: float = W_IN,
+            sigma_s2b: float | None = None, lam: float = 0.0) -> Any:
+        """Adam on the state's tensors; returns the final per-item loss (B,)."""
+        torch = self.torch
+        idx = [self.body.bone_index(b) for b in bones]
+        prior_w = torch.tensor([_STIFF.get(b, 1.0) for b in bones], dtype=torch.float32)
+        pose_sel = state["pose"][:, idx].clone().requires_grad_(True)
+        groups = [{"params": [state["glob"], state["transl"]], "lr": lr},
+                  {"params": [state["logscale"]], "lr": lr * 0.5}]
+        if bones:
+            groups.append({"params": [pose_sel], "lr": lr * 2})
+        if shape:
+            groups.append({"params": [state["phen"]], "lr": lr * 2})
+        opt = torch.optim.Adam(groups)
+        loss_items = None
+        for it in range(iters):
+            if self.cancelled is not None and self.cancelled():
+                raise Cancelled()
+            if it % 10 == 0 and self.progress is not None:
+                self.progress(frac[0] + (frac[1] - frac[0]) * it / iters, stage)
+            sub = self.subset(n_points)
+            opt.zero_grad()
+            pose = state["pose"].clone()
+            pose[:, idx] = pose_sel
+            pose[:, 0] = state["glob"]
+            phen = torch.sigmoid(state["phen"])
+            verts = self.body.forward(phen, pose, state["transl"],
+                                      torch.exp(state["logscale"]))
+            data = self.loss(verts, sub, sigma, w_in, sigma_s2b, lam)
+            prior = 2e-3 * (pose_sel ** 2 * prior_w[None, :, None]).sum((1, 2)) if bones else 0
+            z0 = torch.logit(torch.as_tensor(MEAN_PHENOTYPES))
+            shape_prior = 1e-3 * ((state["phen"] - z0) ** 2).sum(1)
+            scale_prior = 0.5 * state["logscale"].reshape(-1) ** 2
+            total = data + prior + shape_prior + scale_prior
+            total.sum().backward()
+            opt.step()
+            loss_items = data.detach()
+            self.iterations += 1
+        with torch.no_grad():
+            state["pose"][:, idx] = pose_sel.detach()
+        return loss_items
+
+
+def _new_state(body: AnnyBody, batch: int, transl: np.ndarray) -> dict[str, Any]:
+    import torch
+
+    z0 = torch.logit(torch.as_tensor(MEAN_PHENOTYPES))
+    return {
+        "pose": body.zero_pose(batch),
+        "glob": torch.zeros(batch, 3, requires_grad=True),
+        "transl": torch.as_tensor(np.broadcast_to(transl, (batch, 3)).copy(),
+                                  dtype=torch.float32).requires_grad_(True),
+        "logscale": torch.zeros(batch, 1, requires_grad=True),
+        "phen": z0.expand(batch, -1).clone().requires_grad_(True),
+    }
+
+
+def _select(state: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+    return {k: v.detach()[rows].clone().requires_grad_(k != "pose") for k, v in state.items()}
+
+
+def _arm_variants(body: AnnyBody) -> list[dict[str, list[float]]]:
+    t = body._tpose_rotations()
+    down = {}
+    for side, sign in (("L", 1.0), ("R", -1.0)):
+        down[f"upperarm01.{side}"] = [0.0, 0.0, -sign * 0.55]
+    return [{}, {k: list(v) for k, v in t.items()}, down]
+
+
+def fit_anny(vertices: Any, faces: Any = None, *, up: str = "auto", skin_mask: Any = None,
+             progress: Progress = None, cancelled: CancelCheck = None, seed: int = 0,
+             normals: Any = None, effort: float = 1.0) -> BodyFit:
+    """Fit Anny to a scan given as vertices (N, 3) [+ faces]; see the module docstring."""
+    import torch
+
+    # small tensors: one thread is many times faster than several fighting over cores
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_anny(vertices, faces, up=up, skin_mask=skin_mask, progress=progress,
+                         cancelled=cancelled, seed=seed, normals=normals, effort=effort)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: Progress,
+              cancelled: CancelCheck, seed: int, normals: Any, effort: float) -> BodyFit:
+    import torch
+
+    t0 = time.perf_counter()
+    v = _check_points(vertices)
+    f = None
+    if faces is not None and np.asarray(faces).size:
+        f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+        if f.min() < 0 or f.max() >= len(v):
+            raise ScanError("the scan's faces index vertices that do not exist")
+    if normals is not None:
+        n = np.asarray(normals, dtype=np.float64)
+        n = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+        n = None if not np.isfinite(n).all() else n
+    else:
+        n = mesh_normals(v, f) if f is not None else None
+    if n is not None and (np.linalg.norm(n, axis=1) < 0.5).mean() > 0.5:
+        n = None  # faces without area: treat as a point cloud
+    skin = None if skin_mask is None else np.asarray(skin_mask, dtype=bool).reshape(-1)
+    if skin is not None and skin.shape != (len(v),):
+        raise ScanError(f"skin mask has {skin.shape[0]} entries for {len(v)} points")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    report = progress or (lambda *_: None)
+    report(0.0, "body fit: orientation search")
+
+    lo, hi = v.min(0), v.max(0)
+    centre = (lo + hi) / 2.0
+    body = AnnyBody("reduced")
+    rest = body.posed_numpy()
+    rest_centre = (rest.min(0) + rest.max(0)) / 2.0
+    rest_height = float(np.ptp(rest[:, 1]))
+
+    # ---- orientation search: ups x facings, rigid + height
+    starts = []
+    for u in _up_candidates(v, up):
+        height = float(np.ptp(v @ u))
+        unit, note = _unit_from_height(height)
+        for fwd in _facing_candidates(v, u):
+            starts.append((_frame(u, fwd), unit, note))
+    sub_idx = rng.choice(len(v), min(len(v), 4000), replace=False)
+    vs = v[sub_idx]
+    ns = None if n is None else n[sub_idx]
+    pc_normals = pca_normals(vs) if ns is None else None
+    skin_s = None if skin is None else skin[sub_idx]
+
+    def fitter_for(rot: np.ndarray, unit: float) -> _Fitter:
+        pts = unit * (vs - centre) @ rot.T
+        nrm = None if ns is None else ns @ rot.T
+        ft = _Fitter(body, pts, nrm, skin_s, progress, cancelled, rng)
+        if pc_normals is not None:
+            ft._pc_normals = pc_normals @ rot.T
+        return ft
+
+    # rigid + height fit from every start, ranked by a sharp loss
+    scored = []
+    iters = 0
+    n_starts = len(starts)
+    for si, (rot, unit, _note) in enumerate(starts):
+        ft = fitter_for(rot, unit)
+        span = ft.points[:, 1].max() - ft.points[:, 1].min()
+        state = _new_state(body, 1, -rest_centre)
+        with torch.no_grad():
+            state["logscale"][:] = float(np.log(np.clip(span / rest_height, 0.75, 1.3)))
+        frac = (0.25 * si / n_starts, 0.25 * (si + 1) / n_starts)
+        ft.run(state, (), max(8, int(25 * effort)), 600, 0.03, frac,
+               "body fit: orientation search", shape=False, sigma=0.3, w_in=0.5, sigma_s2b=0.6)
+        iters += ft.iterations
+        scored.append((float(ft.score(state)[0]), si, state))
+    scored.sort(key=lambda x: x[0])
+
+    # ---- coarse pose and shape: the two best orientations x three arm starts
+    variants = _arm_variants(body)
+    best = None
+    for rank, (_, si, state0) in enumerate(scored[:2]):
+        rot, unit, _note = starts[si]
+        ft = fitter_for(rot, unit)
+        state = _select(state0, [0] * len(variants))
+        for i, rots in enumerate(variants):
+            if rots:
+                state["pose"][i] = body.pose_from_rotations(rots)[0]
+        ft.run(state, COARSE_BONES, max(20, int(80 * effort)), 1200, 0.02,
+               (0.25 + 0.15 * rank, 0.4 + 0.15 * rank), "body fit: pose and shape (coarse)",
+               sigma=0.15, w_in=0.3, sigma_s2b=0.5, lam=0.05)
+        iters += ft.iterations
+        sc = ft.score(state)
+        k = int(torch.argmin(sc))
+        if best is None or float(sc[k]) < best[0]:
+            best = (float(sc[k]), si, _select(state, [k]))
+    assert best is not None
+    _, si, state = best
+    rot, unit, unit_note = starts[si]
+    ft = fitter_for(rot, unit)
+    # ---- fine
+    ft.run(state, FINE_BONES, max(30, int(150 * effort)), 2500, 0.01, (0.55, 0.9),
+           "body fit: pose and shape (fine)", sigma=0.08, w_in=0.15)
+    ft.run(state, FINE_BONES, max(10, int(50 * effort)), 4000, 0.004, (0.9, 0.95),
+           "body fit: refine")
+    iters += ft.iterations
+
+    # ---- final body on the default topology, in the scan frame
+    report(0.95, "body fit: quality")
+    full = AnnyBody("default")
+    params = {
+        "phenotypes": torch.sigmoid(state["phen"]).detach().numpy()[0].astype(np.float32),
+        "pose": state["pose"].detach().numpy()[0].astype(np.float32),
+        "global_orient": state["glob"].detach().numpy()[0].astype(np.float32),
+        "transl": state["transl"].detach().numpy()[0].astype(np.float32),
+        "scale": np.float32(np.exp(float(state["logscale"].detach()[0, 0]))),
+        "frame_rotation": rot.astype(np.float64),
+        "frame_centre": centre.astype(np.float64),
+        "frame_unit": np.float64(unit),
+    }
+    fit_verts = body_vertices_fit_frame(full, params)
+    scan_verts = (fit_verts / unit) @ rot + centre
+    fit = BodyFit(body="anny", params=params, vertices=scan_verts.astype(np.float32),
+                  faces=full.faces, canonical_vertices=full.canonical_vertices)
+    fit.quality = fit_quality(unit * (v - centre) @ rot.T, fit_verts, full.faces,
+                              rng=rng)
+    fit.quality["iterations"] = int(iters)
+    fit.quality["seconds"] = float(time.perf_counter() - t0)
+    fit.quality["unit_m"] = float(unit)
+    fit.ok, fit.message = verdict(fit.quality, unit_note)
+    report(1.0, "body fit: done")
+    return fit
+
+
+def body_vertices_fit_frame(body: AnnyBody, params: dict[str, np.ndarray]) -> np.ndarray:
+    """Posed body (V, 3) in the fit frame (metres, y up) from stored parameters."""
+    pose = np.array(params["pose"], dtype=np.float32, copy=True)
+    pose[0] = params["global_orient"]
+    return body.posed_numpy(np.asarray(params["phenotypes"])[None], pose[None],
+                            np.asarray(params["transl"])[None], float(params["scale"]))
+
+
+def fit_quality(points: np.ndarray, body_verts: np.ndarray, faces: np.ndarray,
+                rng: np.random.Generator | None = None, n_max: int = 20000) -> dict:
+    """Residuals and inside/outside fractions of a body against scan points (metres)."""
+    from scipy.spatial import cKDTree
+
+    rng = rng or np.random.default_rng(0)
+    pts = points if len(points) <= n_max else points[rng.choice(len(points), n_max, replace=False)]
+    bn = mesh_normals(body_verts, faces)
+    d, j = cKDTree(body_verts).query(pts, k=1)
+    # distance to the body surface: the point-to-plane distance refines the vertex distance
+    s = np.einsum("ij,ij->i", pts - body_verts[j], bn[j])
+    resid = np.minimum(d, np.sqrt(np.maximum(d * d - 0.0, 0.0)))
+    resid = np.where(d < 0.02, np.abs(s), d)
+    db, k = cKDTree(pts).query(body_verts, k=1)
+    near = db < 0.08
+    # body vertex outside the scan: it lies beyond the scan point along the body normal
+    sb = np.einsum("ij,ij->i", body_verts - pts[k], bn)
+    outside = near & (sb > 0.02)
+    inside = (sb < -0.02) | ~near
+    return {
+        "residual_mean_m": float(resid.mean()),
+        "residual_p95_m": float(np.percentile(resid, 95)),
+        "outside_fraction": float(outside.mean()),
+        "inside_fraction": float(inside.mean()),
+        "unexplained_fraction": float((d > 0.15).mean()),
+        "coverage": float(near.mean()),
+        "scan_inside_body_fraction": float((s < -0.02).mean()),
+    }
+
+
+def verdict(q: dict, note: str = "") -> tuple[bool, str]:
+    """(ok, message) from fit quality figures."""
+    problems = []
+    if q["unexplained_fraction"] > 0.05:
+        problems.append(f"{100 * q['unexplained_fraction']:.0f}% of the scan is more than 15 cm "
+                        "from the body (not a person, or an unusual pose)")
+    if q["residual_mean_m"] > 0.05:
+        problems.append(f"mean distance scan-body {100 * q['residual_mean_m']:.1f} cm is large")
+    if q["scan_inside_body_fraction"] > 0.15:
+        problems.append(f"the body pokes out of the scan at "
+                        f"{100 * q['scan_inside_body_fraction']:.0f}% of the scan points")
+    if q["coverage"] < 0.3:
+        problems.append(f"only {100 * q['coverage']:.0f}% of the body lies near the scan "
+                        "(a partial scan?)")
+    head = (f"mean residual {100 * q['residual_mean_m']:.1f} cm, p95 "
+            f"{100 * q['residual_p95_m']:.1f} cm, body outside scan "
+            f"{100 * q['outside_fraction']:.0f}%")
+    notes = f"; {note}" if note else ""
+    if problems:
+        return False, "body fit FAILED: " + "; ".join(problems) + f" ({head}){notes}"
+    return True, f"body fit ok ({head}){notes}"
