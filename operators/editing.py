@@ -20,7 +20,6 @@ from ..close_blender.errors import CloseError
 from ..close_blender.labels import CLASS_NAMES, DISPLAY_NAMES, PALETTE, class_index
 from . import mesh_labels
 
-OVERLAY_ATTR = "close_label_overlay"
 OVERLAY_STRENGTH_KEY = "close_overlay_strength"
 PALETTE_NAME = "CloSe Classes"
 
@@ -83,7 +82,7 @@ def apply_labels(obj: bpy.types.Object, old: np.ndarray | None, new: np.ndarray,
         if conf is None or conf.shape != (n,):
             conf = np.ones(n, np.float32)
         conf[new != old] = 1.0
-        showing_overlay = mesh.color_attributes.active_color_name == OVERLAY_ATTR
+        showing_overlay = mesh.color_attributes.active_color_name == mesh_labels.OVERLAY_ATTR
         mesh_labels.write_labels(obj, new, confidence=conf)
         if showing_overlay:  # keep showing the overlay, now of the new labels
             write_overlay(obj, new, float(mesh.get(OVERLAY_STRENGTH_KEY, 0.5)))
@@ -94,19 +93,19 @@ def write_overlay(obj: bpy.types.Object, labels: np.ndarray, strength: float) ->
     """Blend the label colours over the scan's colours into ``close_label_overlay``
     and show it (display only; the strength is remembered on the mesh)."""
     mesh = obj.data
-    name = scan_color_name(mesh)
+    name = mesh_labels.scan_color_name(mesh)
     n = len(mesh.vertices)
     scan = (mesh_labels.read_color_attribute(mesh, name) if name
             else np.full((n, 4), 0.8, np.float32))
     rgba = editing.overlay_colors(scan, labels, strength)
-    attr = mesh.attributes.get(OVERLAY_ATTR)
+    attr = mesh.attributes.get(mesh_labels.OVERLAY_ATTR)
     if attr is not None and (attr.domain != "POINT" or attr.data_type != "FLOAT_COLOR"):
         mesh.attributes.remove(attr)
         attr = None
     if attr is None:
-        attr = mesh.color_attributes.new(OVERLAY_ATTR, "FLOAT_COLOR", "POINT")
+        attr = mesh.color_attributes.new(mesh_labels.OVERLAY_ATTR, "FLOAT_COLOR", "POINT")
     attr.data.foreach_set("color_srgb", rgba.reshape(-1))
-    mesh.color_attributes.active_color = mesh.color_attributes[OVERLAY_ATTR]
+    mesh.color_attributes.active_color = mesh.color_attributes[mesh_labels.OVERLAY_ATTR]
     mesh[OVERLAY_STRENGTH_KEY] = float(strength)
     mesh.update_tag()
 
@@ -115,22 +114,6 @@ def apply_selection(obj: bpy.types.Object, mask: np.ndarray,
                     report: editing.SelectionReport) -> str:
     mesh_labels.write_selection(obj.data, mask)
     return report.summary()
-
-
-def scan_color_name(mesh: bpy.types.Mesh, preferred: str = "") -> str | None:
-    """Name of the scan's own colour attribute: ``preferred`` if it exists, else
-    the active colour attribute unless it is one of ours (label colours,
-    overlay), else the first one that is not ours."""
-    if preferred and preferred in mesh.color_attributes:
-        return preferred
-    ours = {mesh_labels.COLOR_ATTR, OVERLAY_ATTR}
-    active = mesh.color_attributes.active_color
-    if active is not None and active.name not in ours:
-        return active.name
-    for attr in mesh.color_attributes:
-        if attr.name not in ours:
-            return attr.name
-    return None
 
 
 # --- label edits ---------------------------------------------------------------------------
@@ -296,7 +279,7 @@ class CLOSE_OT_select_by_color(_MeshOperator, bpy.types.Operator):
 
     def edit(self, context, obj, labels, selection):
         mesh = obj.data
-        name = scan_color_name(mesh, self.color_attribute)
+        name = mesh_labels.scan_color_name(mesh, self.color_attribute)
         if name is None:
             raise CloseError(f"'{obj.name}' has no scan colours",
                              "import the scan with its vertex colours")
@@ -435,7 +418,7 @@ class CLOSE_OT_label_overlay(_MeshOperator, bpy.types.Operator):
 
     def edit(self, context, obj, labels, selection):
         write_overlay(obj, labels, self.strength)
-        return f"strength {self.strength:.2f} shown in '{OVERLAY_ATTR}'"
+        return f"strength {self.strength:.2f} shown in '{mesh_labels.OVERLAY_ATTR}'"
 
 
 classes: tuple[type, ...] = (

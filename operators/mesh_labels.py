@@ -36,6 +36,7 @@ from ..close_blender.mesh_graph import Adjacency
 LABEL_ATTR = "close_label"
 CONFIDENCE_ATTR = "close_confidence"
 COLOR_ATTR = "close_label_color"
+OVERLAY_ATTR = "close_label_overlay"  # display-only blend of labels over scan colours
 
 
 
@@ -369,3 +370,19 @@ def present_classes(labels: np.ndarray) -> list[str]:
     """Names of the classes present in a label array, in class order."""
     lab = np.asarray(labels)
     return [CLASS_NAMES[c] for c in np.unique(lab[(lab >= 0) & (lab < N_CLASSES)])]
+
+
+def scan_color_name(mesh: bpy.types.Mesh, preferred: str = "") -> str | None:
+    """Name of the scan's own colour attribute: ``preferred`` if it exists, else
+    the active colour attribute unless it is one of ours (label colours,
+    overlay), else the first one that is not ours."""
+    if preferred and preferred in mesh.color_attributes:
+        return preferred
+    ours = {COLOR_ATTR, OVERLAY_ATTR}
+    active = mesh.color_attributes.active_color
+    if active is not None and active.name not in ours:
+        return active.name
+    for attr in mesh.color_attributes:
+        if attr.name not in ours:
+            return attr.name
+    return None

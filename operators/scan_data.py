@@ -14,6 +14,7 @@ import bpy
 import numpy as np
 
 from ..close_blender.errors import CloseError
+from .mesh_labels import scan_color_name
 
 GREY = 0.5
 
@@ -101,7 +102,8 @@ def read_vertex_colors(obj: bpy.types.Object, mesh: bpy.types.Mesh
                        ) -> tuple[np.ndarray, str, list[str]]:
     """Per-vertex sRGB colours (N, 3): colour attribute, else texture at UVs, else grey."""
     n = len(mesh.vertices)
-    attr = _scan_color_attribute(mesh)
+    name = scan_color_name(mesh)
+    attr = mesh.color_attributes[name] if name else None
     if attr is not None:
         return point_colors(mesh, attr)[:, :3], f"attribute:{attr.name}", []
     sampled = _sample_base_color_texture(obj, mesh)
@@ -110,18 +112,6 @@ def read_vertex_colors(obj: bpy.types.Object, mesh: bpy.types.Mesh
     return (np.full((n, 3), GREY, np.float32), "grey",
             [f"'{obj.name}' has no colour attribute and no base-colour image texture: "
              "using grey, which makes the labels less reliable"])
-
-
-def _scan_color_attribute(mesh: bpy.types.Mesh):
-    """The active colour attribute unless it is our own label colour."""
-    attrs = mesh.color_attributes
-    active = attrs.active_color
-    if active is not None and active.name != "close_label_color":
-        return active
-    for attr in attrs:
-        if attr.name != "close_label_color":
-            return attr
-    return None
 
 
 def point_colors(mesh: bpy.types.Mesh, attr) -> np.ndarray:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import bpy
 
-from . import preferences, properties, sidebar
+from . import editing, preferences, properties, sidebar
 
 property_classes: tuple[type, ...] = (*properties.classes,)
-classes: tuple[type, ...] = (*preferences.classes, *sidebar.classes)
+classes: tuple[type, ...] = (*preferences.classes, *sidebar.classes, *editing.classes)
 
 
 def register_properties() -> None:

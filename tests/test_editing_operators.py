@@ -18,18 +18,13 @@ SHIRT, JACKET, BODY, PANTS, HAT = (class_index(n) for n in ("Shirt", "Jacket", "
 
 @pytest.fixture(scope="module")
 def ops(blender_ext):
-    """The operators module, its classes registered (by the extension once it lists them)."""
+    """The editing operators module; the extension registers its classes."""
     import bpy
 
     mod = importlib.import_module(blender_ext.__name__ + ".operators.editing")
-    ours = []
     for cls in mod.classes:
-        if not hasattr(bpy.types, cls.__name__):
-            bpy.utils.register_class(cls)
-            ours.append(cls)
-    yield mod
-    for cls in reversed(ours):
-        bpy.utils.unregister_class(cls)
+        assert hasattr(bpy.types, cls.__name__), f"{cls.__name__} is not registered"
+    return mod
 
 
 @pytest.fixture
