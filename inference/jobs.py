@@ -541,3 +541,7 @@ def fit_body(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arr
     plain = {k: v for k, v in (getattr(fit, "params", None) or {}).items()
              if isinstance(v, (str, bool, int, float))}
     return {"fit": _fit_fields(fit), "params": plain, "warnings": warnings}, out
+
+
+# Jobs defined in other modules register themselves into JOBS on import.
+from inference import rig_jobs  # noqa: E402, F401

@@ -1,0 +1,185 @@
+"""close.bind_to_body inside real Blender (worker job ``body_rig``): the armature sits
+in the scan, posing a bone moves the clothing it should and nothing else, separated
+garments bind to their scan's body, and a bad fit file changes nothing.
+
+The body is the synthetic scan's generating body, saved as a fit file (the same
+``body_*`` keys Export CloSe-D writes), so the tests need no body fit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.blender, pytest.mark.slow]
+
+ARM_ROOT = "upperarm01.L"
+
+
+@pytest.fixture(scope="module")
+def synth_rig(tmp_path_factory):
+    """(PLY path, scan arrays, fit npz path) of a small synthetic scan."""
+    from inference.synth.generator import generate_scan, write_scan
+
+    scan = generate_scan(3, n_points=3000)
+    out = tmp_path_factory.mktemp("synth_rig")
+    write_scan(out, "scan", scan, mesh_format="ply")
+    c, s = math.cos(float(scan["heading"])), math.sin(float(scan["heading"]))
+    turn = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    # the generator's mesh is turn @ body + body_offset; the fit frame is the body frame
+    fit = out / "fit.npz"
+    np.savez(fit, body_model=np.array("anny"), body_phenotypes=scan["phenotypes"],
+             body_pose=scan["pose"], body_global_orient=scan["pose"][0],
+             body_transl=np.zeros(3, np.float32), body_scale=np.float32(1.0),
+             body_frame_rotation=turn.T, body_frame_centre=scan["body_offset"],
+             body_frame_unit=np.float64(1.0))
+    return out / "scan.ply", scan, fit
+
+
+def _import(path, labels=None, blender_ext=None):
+    import bpy
+
+    bpy.ops.wm.ply_import(filepath=str(path), forward_axis="NEGATIVE_Z", up_axis="Y")
+    obj = bpy.context.selected_objects[0]
+    bpy.context.view_layer.objects.active = obj
+    if labels is not None:
+        blender_ext.operators.mesh_labels.write_labels(obj, labels)
+    return obj
+
+
+def _world(obj, evaluated: bool) -> np.ndarray:
+    import bpy
+
+    if evaluated:
+        bpy.context.view_layer.update()
+        eo = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+        mesh = eo.to_mesh()
+    else:
+        mesh = obj.data
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    if evaluated:
+        eo.to_mesh_clear()
+    m = np.array(obj.matrix_world)
+    return co.reshape(-1, 3).astype(np.float64) @ m[:3, :3].T + m[:3, 3]
+
+
+def _subtree(arm, root: str) -> set[str]:
+    bone = arm.data.bones[root]
+    return {root, *(b.name for b in bone.children_recursive)}
+
+
+def _arm_weight(obj, names: set[str]) -> np.ndarray:
+    """Per vertex: total weight in the named groups, and total weight overall."""
+    idx = {g.index for g in obj.vertex_groups if g.name in names}
+    bones = {g.index for g in obj.vertex_groups if not g.name.startswith("CloSe_")}
+    inside = np.zeros(len(obj.data.vertices))
+    total = np.zeros(len(obj.data.vertices))
+    for v in obj.data.vertices:
+        for ge in v.groups:
+            if ge.group in bones:
+                total[v.index] += ge.weight
+                if ge.group in idx:
+                    inside[v.index] += ge.weight
+    return inside, total
+
+
+def _pose_arm_and_check(arm, obj) -> None:
+    """Rotate the left upper arm: the arm moves (rigidly about the shoulder for
+    vertices bound only to the arm), vertices with no arm weight stay put."""
+    rest = _world(obj, evaluated=True)
+    assert np.allclose(rest, _world(obj, evaluated=False), atol=1e-5)  # rest pose: no change
+    subtree = _subtree(arm, ARM_ROOT)
+    inside, total = _arm_weight(obj, subtree)
+    assert (total > 0.99).all()
+    pb = arm.pose.bones[ARM_ROOT]
+    pb.rotation_mode = "XYZ"
+    pb.rotation_euler = (0.8, 0.0, 0.0)
+    try:
+        posed = _world(obj, evaluated=True)
+    finally:
+        pb.rotation_euler = (0.0, 0.0, 0.0)
+    moved = np.linalg.norm(posed - rest, axis=1)
+    shoulder = np.array(arm.matrix_world @ arm.data.bones[ARM_ROOT].head_local)
+    far = np.linalg.norm(rest - shoulder, axis=1)
+    pure = (inside > 0.999) & (far > 0.15)
+    assert pure.sum() > 10, "no vertex is bound to the left arm alone"
+    assert moved[pure].min() > 0.05
+    # a rotation about the shoulder keeps distances to it
+    assert np.allclose(np.linalg.norm(posed[pure] - shoulder, axis=1), far[pure], atol=2e-3)
+    untouched = inside == 0
+    assert untouched.sum() > 0.5 * len(rest)
+    assert moved[untouched].max() < 1e-5
+
+
+def test_bind_scan_and_pose(clean_scene, blender_ext, synth_rig) -> None:
+    import bpy
+
+    path, scan, fit = synth_rig
+    assert "UNDO" in bpy.types.CLOSE_OT_bind_to_body.bl_options
+    obj = _import(path)
+    obj.vertex_groups.new(name="artist").add([0], 1.0, "REPLACE")
+    before = _world(obj, evaluated=False)
+    assert bpy.ops.close.bind_to_body(fit_file=str(fit)) == {"FINISHED"}
+
+    arm = bpy.data.objects[f"{obj.name}_rig"]
+    assert arm.type == "ARMATURE" and len(arm.data.bones) > 100
+    assert arm.name in bpy.data.collections["CloSe Bodies"].objects
+    mods = [m for m in obj.modifiers if m.type == "ARMATURE"]
+    assert len(mods) == 1 and mods[0].object == arm
+    assert np.array_equal(before, _world(obj, evaluated=False))  # mesh data untouched
+    assert "artist" in obj.vertex_groups
+    # the skeleton sits in the scan: the left shoulder and the head bones lie near it
+    for bone in (ARM_ROOT, "head", "foot.R"):
+        head = np.array(arm.data.bones[bone].head_local)
+        assert np.linalg.norm(before - head, axis=1).min() < 0.15, bone
+    _pose_arm_and_check(arm, obj)
+
+    # binding again replaces the rig and the weights, it does not add more
+    n_groups = len(obj.vertex_groups)
+    assert bpy.ops.close.bind_to_body(fit_file=str(fit)) == {"FINISHED"}
+    assert len([o for o in bpy.data.objects if o.type == "ARMATURE"]) == 1
+    assert len(obj.vertex_groups) == n_groups
+    assert len([m for m in obj.modifiers if m.type == "ARMATURE"]) == 1
+
+
+def test_bind_separated_garments(clean_scene, blender_ext, synth_rig) -> None:
+    import bpy
+
+    path, scan, fit = synth_rig
+    obj = _import(path, scan["labels"], blender_ext)
+    assert bpy.ops.close.separate_garments() == {"FINISHED"}
+    pieces = list(bpy.data.collections[f"{obj.name} Garments"].objects)
+    for p in pieces:
+        p.select_set(True)
+    assert bpy.ops.close.bind_to_body(fit_file=str(fit)) == {"FINISHED"}
+    arm = bpy.data.objects[f"{obj.name}_rig"]
+    assert not [m for m in obj.modifiers if m.type == "ARMATURE"]  # the hidden scan stays
+    for p in pieces:
+        assert [m.object for m in p.modifiers if m.type == "ARMATURE"] == [arm]
+    body = bpy.data.objects[f"{obj.name}_Body"]
+    _pose_arm_and_check(arm, body)
+    # feet (shoes) do not follow the arm
+    shoes = bpy.data.objects.get(f"{obj.name}_Shoes")
+    if shoes is not None:
+        rest = _world(shoes, evaluated=True)
+        arm.pose.bones[ARM_ROOT].rotation_mode = "XYZ"
+        arm.pose.bones[ARM_ROOT].rotation_euler = (0.8, 0.0, 0.0)
+        assert np.allclose(_world(shoes, evaluated=True), rest, atol=1e-5)
+        arm.pose.bones[ARM_ROOT].rotation_euler = (0.0, 0.0, 0.0)
+
+
+def test_bad_fit_file_changes_nothing(clean_scene, blender_ext, synth_rig, tmp_path) -> None:
+    import bpy
+
+    path, _, _ = synth_rig
+    obj = _import(path)
+    bad = tmp_path / "no_fit.npz"
+    np.savez(bad, points=np.zeros((3, 3), np.float32))
+    n_objects = len(bpy.data.objects)
+    with pytest.raises(RuntimeError, match="no complete body fit"):
+        bpy.ops.close.bind_to_body(fit_file=str(bad))
+    assert len(bpy.data.objects) == n_objects
+    assert not obj.modifiers and not obj.vertex_groups
