@@ -37,6 +37,7 @@ LABEL_ATTR = "close_label"
 CONFIDENCE_ATTR = "close_confidence"
 COLOR_ATTR = "close_label_color"
 OVERLAY_ATTR = "close_label_overlay"  # display-only blend of labels over scan colours
+PREDICTED_ATTR = "close_label_predicted"  # what the network said, to know what artists changed
 
 
 
@@ -386,3 +387,19 @@ def scan_color_name(mesh: bpy.types.Mesh, preferred: str = "") -> str | None:
         if attr.name not in ours:
             return attr.name
     return None
+
+
+def write_predicted(mesh: bpy.types.Mesh, labels: np.ndarray) -> None:
+    """Keep the network's labels beside ``close_label``, so corrections know what changed."""
+    attr = _point_attr(mesh, PREDICTED_ATTR, "INT")
+    attr.data.foreach_set("value", np.asarray(labels, dtype=np.int32))
+
+
+def read_predicted(mesh: bpy.types.Mesh) -> np.ndarray | None:
+    """The network's labels of the last segmentation, or None."""
+    attr = mesh.attributes.get(PREDICTED_ATTR)
+    if attr is None or attr.domain != "POINT" or len(attr.data) != len(mesh.vertices):
+        return None
+    out = np.empty(len(attr.data), np.int32)
+    attr.data.foreach_get("value", out)
+    return out.astype(np.int64)

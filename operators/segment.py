@@ -115,6 +115,7 @@ def write_segmentation(obj: bpy.types.Object, scan: ScanInput, fields: dict,
                          "the mesh changed while segmenting: run Segment again")
     confidence = np.asarray(arrays["confidence"], dtype=np.float32)
     mesh_labels.write_labels(obj, labels, confidence)
+    mesh_labels.write_predicted(obj.data, labels)
     result = obj.close_blender
     result.stats.clear()
     counts = np.bincount(labels, minlength=N_CLASSES)
