@@ -58,6 +58,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import headless
+
     from inference.synth import generate_scan, write_scan
 
     with tempfile.TemporaryDirectory() as tmp:
