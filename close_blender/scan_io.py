@@ -131,13 +131,46 @@ def save_scan(path: str | os.PathLike, arrays: dict[str, np.ndarray],
     save_npz_atomic(path, arrays)
 
 
+def _unpack_zip(path: Path) -> list[Path]:
+    """The ``.npz`` members of a zip (e.g. an exported corrections library),
+    extracted into a temporary folder removed when the process ends."""
+    import atexit
+    import shutil
+    import tempfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [m for m in zf.infolist() if not m.is_dir()
+                       and m.filename.lower().endswith(".npz")
+                       and not Path(m.filename).name.startswith(".")
+                       and "__MACOSX" not in m.filename]
+            folder = Path(tempfile.mkdtemp(prefix="close-zip-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            out = []
+            for i, m in enumerate(sorted(members, key=lambda m: m.filename)):
+                name = Path(m.filename).name  # never a path outside the folder
+                target = folder / name
+                if target.exists():
+                    target = folder / f"{i}-{name}"
+                with zf.open(m) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                out.append(target)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ScanError(f"{path.name} is not a readable zip ({exc})",
+                        "give the zip written by Export Corrections, or its .npz files") from None
+    return out
+
+
 def scan_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and directories into a sorted list of ``.npz`` files."""
+    """Expand files, directories and ``.zip`` archives into a list of ``.npz`` files
+    (sorted within each directory or zip)."""
     out: list[Path] = []
     for item in paths:
         p = Path(item)
         if p.is_dir():
             out.extend(sorted(p.glob("*.npz")))
+        elif p.is_file() and p.suffix.lower() == ".zip":
+            out.extend(_unpack_zip(p))
         elif p.is_file():
             out.append(p)
         else:
