@@ -183,3 +183,39 @@ def test_bad_fit_file_changes_nothing(clean_scene, blender_ext, synth_rig, tmp_p
         bpy.ops.close.bind_to_body(fit_file=str(bad))
     assert len(bpy.data.objects) == n_objects
     assert not obj.modifiers and not obj.vertex_groups
+
+
+def test_weights_at_body_vertices_are_the_skin_weights() -> None:
+    """A point on a body vertex gets exactly that vertex's skinning weights."""
+    from inference.body.anny_body import AnnyBody
+    from inference.rig_jobs import transfer_weights
+
+    body = AnnyBody("default")
+    verts = body.posed_numpy().astype(np.float64)
+    pick = np.random.default_rng(0).choice(len(verts), 300, replace=False)
+    bones, weights = transfer_weights(verts[pick], verts, body.faces, body.skin_indices,
+                                      body.skin_weights, body.n_bones, k=9)
+    assert np.allclose(weights.sum(1), 1.0, atol=1e-5)
+    for row, v in enumerate(pick):
+        want: dict[int, float] = {}
+        for b, w in zip(body.skin_indices[v], body.skin_weights[v], strict=True):
+            if w > 0:
+                want[int(b)] = want.get(int(b), 0.0) + float(w)
+        total = sum(want.values())
+        got = {int(b): float(w) for b, w in zip(bones[row], weights[row], strict=True) if w > 0}
+        assert got.keys() == want.keys()
+        for b, w in want.items():
+            assert abs(got[b] - w / total) < 1e-4
+
+
+def test_bind_with_a_real_fit(clean_scene, blender_ext, synth_rig) -> None:
+    """Without a fit file the worker fits the body (the path Segment uses)."""
+    import bpy
+
+    pytest.importorskip("inference.body.prepare")
+    path, _, _ = synth_rig
+    obj = _import(path)
+    assert bpy.ops.close.bind_to_body(body="ANNY") == {"FINISHED"}
+    arm = bpy.data.objects[f"{obj.name}_rig"]
+    assert obj.close_blender.body_fit
+    _pose_arm_and_check(arm, obj)
