@@ -544,4 +544,5 @@ def fit_body(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arr
 
 
 # Jobs defined in other modules register themselves into JOBS on import.
+import inference.finetune_jobs  # noqa: E402, F401
 from inference import rig_jobs  # noqa: E402, F401
