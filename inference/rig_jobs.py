@@ -1,5 +1,8 @@
 """Worker job ``body_rig``: the fitted body as a skeleton plus skin weights for a scan.
 
+Anny's 104 bones for the automatic fit; SMPL's 24 joints (named pelvis,
+left_hip, ...) when the body is an SMPL registration.
+
 Blender builds an armature and vertex groups from what this returns, so the
 scan (or garments cut from it) can be posed. Everything is in the scan's
 world frame, metres, y up (Blender turns it to z up):
@@ -47,6 +50,13 @@ class SavedFit:
 
 FIT_KEYS = ("phenotypes", "pose", "global_orient", "transl", "scale", "frame_rotation",
             "frame_centre", "frame_unit")
+SMPL_FIT_KEYS = ("betas", "body_pose", "global_orient", "transl", "scale")
+SMPL_JOINTS = (
+    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
+    "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar",
+    "right_collar", "head", "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+    "left_wrist", "right_wrist", "left_hand", "right_hand",
+)
 
 
 def load_fit_file(path: str) -> SavedFit:
@@ -56,13 +66,16 @@ def load_fit_file(path: str) -> SavedFit:
         raise CloseError(f"no body fit file at {p}", "choose a .npz written by Export CloSe-D")
     with np.load(p, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-    missing = [k for k in FIT_KEYS if f"body_{k}" not in arrays]
+    body = str(arrays.get("body_model", "anny"))
+    keys = SMPL_FIT_KEYS if body == "smpl" else FIT_KEYS
+    missing = [k for k in keys if f"body_{k}" not in arrays]
     if missing:
         raise CloseError(f"{p.name} holds no complete body fit (missing "
                          f"{', '.join('body_' + k for k in missing)})",
                          "export the scan with its body fit, or leave the fit file empty")
-    body = str(arrays.get("body_model", "anny"))
-    params = {k: np.asarray(arrays[f"body_{k}"]) for k in FIT_KEYS}
+    params = {k: np.asarray(arrays[f"body_{k}"]) for k in keys}
+    if "body_gender" in arrays:
+        params["gender"] = np.asarray(arrays["body_gender"])
     return SavedFit(body, params, str(arrays.get("body_message", "")))
 
 
@@ -97,6 +110,65 @@ def anny_skeleton(fit: Any) -> dict[str, Any]:
             "lengths": bone_lengths(scan_mats, parents), "parents": parents,
             "names": list(body.bone_labels), "skin_indices": body.skin_indices,
             "skin_weights": body.skin_weights}
+
+
+def smpl_skeleton(fit: Any, model_dir: str) -> dict[str, Any]:
+    """Posed SMPL of a registration fit (already in the scan frame): its 24 joints as
+    bones. Each bone's y axis points to its child joint (for branching joints the
+    child most along the joint's own up axis; leaves keep their parent's axis), its
+    x axis follows the joint's posed rotation."""
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    from inference.body.smpl_body import SMPLBody
+
+    if not model_dir:
+        raise CloseError("binding to an SMPL body needs the SMPL model files",
+                         "set the SMPL model folder in the CloSe panel")
+    prm = fit.params
+    gender = str(np.asarray(prm.get("gender", "neutral")).reshape(-1)[0])
+    body = SMPLBody(model_dir, gender)
+    nb = body.model.num_betas
+    betas = np.zeros(nb, np.float32)
+    given = np.asarray(prm["betas"], np.float32).reshape(-1)[:nb]
+    betas[:len(given)] = given
+    pose = np.concatenate([np.asarray(prm["global_orient"], np.float64).reshape(3),
+                           np.asarray(prm["body_pose"], np.float64).reshape(-1)])
+    scale = float(np.asarray(prm.get("scale", 1.0)).reshape(-1)[0])
+    transl = np.asarray(prm["transl"], np.float64).reshape(3)
+    with torch.no_grad():
+        out = body.model(betas=torch.as_tensor(betas)[None],
+                         global_orient=torch.as_tensor(pose[:3], dtype=torch.float32)[None],
+                         body_pose=torch.as_tensor(pose[3:], dtype=torch.float32)[None])
+    parents = np.asarray(body.bone_parents, np.int64)
+    nj = len(parents)
+    verts = out.vertices[0].numpy().astype(np.float64) * scale + transl
+    heads = out.joints[0, :nj].numpy().astype(np.float64) * scale + transl
+    local = Rotation.from_rotvec(pose.reshape(-1, 3)[:nj]).as_matrix()
+    glob = np.zeros((nj, 3, 3))
+    for j in range(nj):  # parents come first in SMPL's kinematic tree
+        glob[j] = local[j] if parents[j] < 0 else glob[parents[j]] @ local[j]
+    mats = np.zeros((nj, 4, 4))
+    for j in range(nj):
+        children = np.flatnonzero(parents == j)
+        dirs = [heads[c] - heads[j] for c in children
+                if np.linalg.norm(heads[c] - heads[j]) > 1e-6]
+        if dirs:
+            y = max(dirs, key=lambda d: float(d @ glob[j][:, 1]) / np.linalg.norm(d))
+            y = y / np.linalg.norm(y)
+        else:
+            y = mats[parents[j], :3, 1] if parents[j] >= 0 else glob[j][:, 1]
+        x = glob[j][:, 0] - (glob[j][:, 0] @ y) * y
+        if np.linalg.norm(x) < 1e-6:
+            x = glob[j][:, 2] - (glob[j][:, 2] @ y) * y
+        x /= np.linalg.norm(x)
+        mats[j, :3, 0], mats[j, :3, 1], mats[j, :3, 2] = x, y, np.cross(x, y)
+        mats[j, :3, 3] = heads[j]
+        mats[j, 3, 3] = 1.0
+    names = list(SMPL_JOINTS) if nj == len(SMPL_JOINTS) else list(body.bone_labels)
+    return {"vertices": verts, "faces": body.faces, "matrices": mats,
+            "lengths": bone_lengths(mats, parents), "parents": parents, "names": names,
+            "skin_indices": body.skin_indices, "skin_weights": body.skin_weights}
 
 
 def bone_lengths(mats: np.ndarray, parents: np.ndarray) -> np.ndarray:
@@ -195,18 +267,20 @@ def body_rig(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arr
         garments, _ = _garments_param(params.get("garments", "auto"))
         _, fit, warnings = _prepare(params, arrays, ctx, garments, 0.0, 0.8)
     ctx.check_cancelled()
-    if getattr(fit, "body", "anny") != "anny":
-        raise CloseError(f"binding to a {fit.body!r} body fit is not available yet",
-                         "use the automatic Anny body for binding")
+    kind = str(getattr(fit, "body", "anny"))
+    if kind not in ("anny", "smpl"):
+        raise CloseError(f"binding to a {kind!r} body fit is not available",
+                         "use the Anny body or an SMPL registration")
     ctx.progress(0.82, "Skeleton")
-    sk = anny_skeleton(fit)
+    sk = smpl_skeleton(fit, str(params.get("smpl_model_dir") or "")) if kind == "smpl" \
+        else anny_skeleton(fit)
     ctx.check_cancelled()
     ctx.progress(0.88, "Skin weights")
     bones, weights = transfer_weights(np.asarray(query), sk["vertices"], sk["faces"],
                                       sk["skin_indices"], sk["skin_weights"], len(sk["names"]),
                                       k=int(params.get("top_k", TOP_K)))
     ctx.progress(1.0, "Done")
-    fields: Fields = {"fit": _fit_fields(fit), "bones": sk["names"], "body": "anny",
+    fields: Fields = {"fit": _fit_fields(fit), "bones": sk["names"], "body": kind,
                       "warnings": warnings}
     out: Arrays = {
         "bone_matrices": sk["matrices"].astype(np.float32),

@@ -219,3 +219,38 @@ def test_bind_with_a_real_fit(clean_scene, blender_ext, synth_rig) -> None:
     arm = bpy.data.objects[f"{obj.name}_rig"]
     assert obj.close_blender.body_fit
     _pose_arm_and_check(arm, obj)
+
+
+def test_smpl_registration_rig(tmp_path) -> None:
+    """SMPL (a stand-in model file with SMPL's structure): 24 named joints as bones,
+    each pointing at its child, in the registration's frame."""
+    standin = pytest.importorskip("test_smpl_body")  # the SMPL tests' stand-in model maker
+    SMPL_PARENTS = standin.SMPL_PARENTS  # noqa: N806
+    from inference.body.smpl_body import SMPLBody, load_registration
+    from inference.jobs import JOBS, JobContext
+    from inference.rig_jobs import SMPL_JOINTS
+
+    standin.make_standin_smpl(tmp_path / "smpl")
+    reg_path = standin.make_registration(tmp_path / "reg.npz", scale=1.2)
+    reg = load_registration(reg_path)
+    body = SMPLBody(tmp_path / "smpl")
+    pose = np.concatenate([reg["global_orient"], reg["body_pose"]])
+    verts = body.posed_numpy(reg["betas"][None], pose[None], reg["transl"][None], reg["scale"])
+    params = {"body": "smpl", "smpl_model_dir": str(tmp_path / "smpl"),
+              "registration": str(reg_path)}
+    arrays = {"vertices": verts, "colors": np.full_like(verts, 0.5),
+              "query_points": verts}
+    fields, out = JOBS["body_rig"](params, arrays, JobContext())
+    assert fields["body"] == "smpl" and fields["bones"] == list(SMPL_JOINTS)
+    assert out["bone_parents"].tolist() == SMPL_PARENTS
+    m = out["bone_matrices"].astype(np.float64)
+    assert np.allclose(np.einsum("jik,jil->jkl", m[:, :3, :3], m[:, :3, :3]), np.eye(3),
+                       atol=1e-5)
+    assert np.allclose(np.linalg.det(m[:, :3, :3]), 1.0, atol=1e-5)
+    assert np.allclose(out["body_vertices"], verts, atol=1e-5)
+    heads = m[:, :3, 3]
+    elbow, wrist = SMPL_JOINTS.index("left_elbow"), SMPL_JOINTS.index("left_wrist")
+    d = heads[wrist] - heads[elbow]
+    assert np.allclose(m[elbow, :3, 1], d / np.linalg.norm(d), atol=1e-5)
+    assert np.isclose(out["bone_lengths"][elbow], np.linalg.norm(d), atol=1e-5)
+    assert np.allclose(out["weight_values"].sum(1), 1.0, atol=1e-5)
