@@ -76,6 +76,12 @@ def test_export_with_body_fit(clean_scene, blender_ext, synth_file, tmp_path) ->
     assert data["canon_pose"].shape == data["points"].shape
     for key in ("body_model", "body_phenotypes", "body_pose", "body_frame_rotation"):
         assert key in data, key
+    # a plausible fit: canonical coordinates near the generator's (clothing shifts some)
+    err = np.linalg.norm(data["canon_pose"] - scan["canon_pose"], axis=1)
+    assert np.median(err) < 0.1
+    # the exported fit binds without fitting again
+    assert bpy.ops.close.bind_to_body(fit_file=str(out)) == {"FINISHED"}
+    assert bpy.data.objects[f"{obj.name}_rig"].type == "ARMATURE"
 
 
 def test_labels_round_trip_and_moved_mesh(clean_scene, blender_ext, synth_file, tmp_path) -> None:
