@@ -155,7 +155,8 @@ class Predictor:
         if n == 0:
             raise ScanError("the scan has no points (N = 0)",
                             "give a scan with at least one point")
-        rgb = colors_to_unit(_points_array("colors", colors, n))
+        _points_array("colors", colors, n)  # checks only: uint8 vs float decides the scale
+        rgb = colors_to_unit(np.asarray(colors))
         nrm = _points_array("normals", normals, n)
         can = _points_array("canon_pose", canon, n)
         garm = check_garments(garments, self.config.n_classes)

@@ -114,6 +114,7 @@ def test_shuffled_chunks_are_a_permutation_and_match_plain(ckpt):
     assert np.abs(pred.logits - ref).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_full_chunks_agree_without_shared_graphs(ckpt):
     scan = make_scan(2 * 2048 + 100, seed=10)
     pred = run(ckpt, scan, chunk_size=2048, order="sequential")
