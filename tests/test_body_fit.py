@@ -1,0 +1,141 @@
+"""Automatic Anny fit: orientation and units, clothing-style offsets, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("anny")
+pytest.importorskip("scipy")
+
+from close_blender.errors import Cancelled, ScanError  # noqa: E402
+from inference.body.anny_body import AnnyBody  # noqa: E402
+from inference.body.coords import canonical_coordinates, canonical_from_body  # noqa: E402
+from inference.body.fit import fit_anny, mesh_normals  # noqa: E402
+
+EFFORT = 0.35  # a quicker, rougher fit keeps the file fast
+
+
+def yup_to_zup(p: np.ndarray) -> np.ndarray:
+    return np.stack([p[:, 0], -p[:, 2], p[:, 1]], 1)
+
+
+@pytest.fixture(scope="module")
+def target() -> dict:
+    """A posed, clothed-looking Anny: relaxed arms, a step, 1 cm 'clothing' offset."""
+    body = AnnyBody("default")
+    phen = body.phenotypes(gender=0.3, weight=0.6, height=0.6)
+    pose = body.pose_from_rotations({
+        "upperarm01.L": [0, 0, -0.5], "upperarm01.R": [0, 0, 0.5],
+        "lowerarm01.L": [0.4, 0, 0], "upperleg01.L": [-0.25, 0, 0],
+        "lowerleg01.R": [0.3, 0, 0], "spine03": [0.05, 0.1, 0],
+        "root": [0, 2.1, 0]})
+    v = body.posed_numpy(phen, pose).astype(np.float64)
+    n = mesh_normals(v, body.faces)
+    v = v + 0.01 * n  # a tight garment layer
+    v = v + np.random.default_rng(0).normal(0, 0.002, v.shape)
+    return {"vertices": v, "faces": body.faces, "canon": np.asarray(body.canonical_vertices)}
+
+
+@pytest.fixture(scope="module")
+def zup_mm_fit(target: dict):
+    verts = yup_to_zup(target["vertices"]) * 1000.0
+    steps: list[float] = []
+    fit = fit_anny(verts, target["faces"], effort=EFFORT, progress=lambda f, s: steps.append(f))
+    return fit, verts, steps
+
+
+@pytest.mark.slow
+def test_zup_mm_turned_scan(zup_mm_fit, target: dict) -> None:
+    fit, verts, steps = zup_mm_fit
+    assert fit.ok, fit.message
+    assert "mm" in fit.message
+    assert fit.params["frame_unit"] == pytest.approx(0.001)
+    np.testing.assert_allclose(fit.params["frame_rotation"][1], [0, 0, 1], atol=0.05)  # z up
+    assert fit.vertices.shape == (13718, 3) and np.isfinite(fit.vertices).all()
+    q = fit.quality
+    assert q["residual_mean_m"] < 0.03 and q["outside_fraction"] < 0.15
+    assert 0 < q["seconds"] and q["iterations"] > 0
+    # canonical coordinates of the scan vertices against their ground truth
+    canon = canonical_coordinates(verts, fit)
+    err = np.linalg.norm(canon - target["canon"], axis=1)
+    assert np.median(err) < 0.04, np.median(err)
+    assert steps[0] == 0.0 and steps[-1] == 1.0 and steps == sorted(steps)
+
+
+@pytest.mark.slow
+def test_point_cloud_partial_scan(target: dict) -> None:
+    v = target["vertices"]
+    rng = np.random.default_rng(1)
+    keep = v[:, 2] > np.percentile(v[:, 2], 30)  # the back third is missing
+    pts = v[keep][rng.choice(int(keep.sum()), 4000, replace=False)]
+    fit = fit_anny(pts, None, effort=EFFORT)
+    assert np.isfinite(fit.vertices).all()
+    assert set(fit.quality) >= {"residual_mean_m", "residual_p95_m", "outside_fraction",
+                                "inside_fraction", "iterations", "seconds"}
+    assert fit.quality["residual_mean_m"] < 0.05, fit.message
+
+
+@pytest.mark.slow
+def test_cube_is_flagged() -> None:
+    rng = np.random.default_rng(2)
+    p = rng.uniform(-0.5, 0.5, (3000, 3))
+    axis = rng.integers(0, 3, 3000)
+    p[np.arange(3000), axis] = np.sign(p[np.arange(3000), axis]) * 0.5  # on the faces
+    fit = fit_anny(p, None, effort=0.2)
+    assert not fit.ok
+    assert "FAILED" in fit.message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factor", [1e-4, 1e5])
+def test_tiny_or_huge_scale_is_rescaled(target: dict, factor: float) -> None:
+    pts = target["vertices"][::4] * factor
+    fit = fit_anny(pts, None, effort=0.2)
+    assert "rescaled" in fit.message
+    assert np.isfinite(fit.vertices).all()
+    # the body comes back in the scan's own units
+    ratio = np.ptp(fit.vertices[:, 1]) / np.ptp(pts[:, 1])
+    assert 0.7 < ratio < 1.4
+
+
+def test_bad_input_messages() -> None:
+    good = np.random.default_rng(3).normal(size=(500, 3))
+    bad = good.copy()
+    bad[7] = np.nan
+    with pytest.raises(ScanError, match="NaN"):
+        fit_anny(bad)
+    with pytest.raises(ScanError, match="at least"):
+        fit_anny(good[:20])
+    with pytest.raises(ScanError, match=r"\(N, 3\)"):
+        fit_anny(good[:, :2])
+    with pytest.raises(ScanError, match="no extent"):
+        fit_anny(np.ones((500, 3)))
+    with pytest.raises(ScanError, match="up axis"):
+        fit_anny(good, up="w")
+    with pytest.raises(ScanError, match="faces"):
+        fit_anny(good, np.array([[0, 1, 999]]))
+
+
+def test_cancel(target: dict) -> None:
+    with pytest.raises(Cancelled):
+        fit_anny(target["vertices"][::8], None, cancelled=lambda: True)
+
+
+def test_canonical_lookup_methods() -> None:
+    body = AnnyBody("reduced")
+    v = body.posed_numpy()
+    canon = np.asarray(body.canonical_vertices)
+    for method in ("vertex", "barycentric"):
+        c = canonical_from_body(v[::7], v, body.faces, canon, method)
+        np.testing.assert_allclose(c, canon[::7], atol=1e-5)
+    # a point just off a face centre interpolates the face's three table entries
+    f = body.faces[100]
+    centre = v[f].mean(0)
+    normal = np.cross(v[f[1]] - v[f[0]], v[f[2]] - v[f[0]])
+    p = centre + 1e-4 * normal / np.linalg.norm(normal)
+    c = canonical_from_body(p[None], v, body.faces, canon, "barycentric")[0]
+    np.testing.assert_allclose(c, canon[f].mean(0), atol=2e-3)
+    with pytest.raises(ScanError):
+        canonical_from_body(np.full((2, 3), np.nan), v, body.faces, canon)
