@@ -86,3 +86,19 @@ def test_fast_knn_is_exact(n):
     fast = knn_rows(x, k, tile=128).sort(-1).values
     plain = knn(x.t().unsqueeze(0), k)[0].sort(-1).values
     assert torch.equal(fast, plain)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_predictor_reproduces_reference_cases(ckpt, cases, name):
+    """End to end: one sequential chunk per fixture cloud gives the reference logits."""
+    from inference.predictor import Predictor
+
+    points, canon = cases[f"{name}_points"], cases[f"{name}_canon_pose_coords"]
+    n = points.shape[1]
+    predictor = Predictor(ckpt.model, device="cpu", chunk_size=n)
+    for b in range(points.shape[0]):
+        pred = predictor.predict(points[b, :, :3], points[b, :, 3:6], points[b, :, 6:9],
+                                 canon[b], cases[f"{name}_garments"][b], order="sequential")
+        ref = cases[f"{name}_logits"][b].T
+        assert np.abs(pred.logits - ref).max() < 1e-4
+        np.testing.assert_array_equal(pred.labels, cases[f"{name}_labels"][b])
