@@ -82,7 +82,13 @@ def chunk_orders(n: int, passes: int = 1, order: str = "shuffled",
 
 
 class Predictor:
-    """Runs a CloSe-Net over whole scans with the fast eval path."""
+    """Runs a CloSe-Net over whole scans with the fast eval path.
+
+    ``max_batch_chunks`` chunks go through one forward (default 2 on CPU, 16 on a
+    GPU). On CPU, ``workers`` forwards (default: one per torch thread) run at
+    once on separate batches, each single-threaded; torch's thread count is
+    restored afterwards.
+    """
 
     def __init__(self, model: CloseNet, device: str = "auto", chunk_size: int = 2048,
                  max_batch_chunks: int | None = None, workers: int | None = None) -> None:
