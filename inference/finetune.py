@@ -1,0 +1,452 @@
+"""Fine-tuning a CloSe-Net checkpoint on an artist's corrections, without forgetting.
+
+A correction is a CloSe-D ``.npz`` with the corrected ``labels`` and, optionally,
+``changed`` (N,) bool: the vertices the artist changed. One round:
+
+1. The new corrections are those whose file hash is not in the parent's lineage
+   (``finetune.corrections_seen`` in its metadata); the others are *earlier*
+   corrections and are replayed. A sample of the kind of data the base model
+   was trained on (synthetic scans, fixed seeds) is split into a replay-train
+   half and a fixed replay-eval half.
+2. A pool of 2048-point chunks is cut once from every scan (each point in one
+   chunk per pass, mild augmentation). With the encoders frozen (the default,
+   ``layers="decoder"``), the network up to the decoder runs once per chunk and
+   its output is cached, so the training steps only run the decoder: this is
+   what keeps a round well under a minute on a CPU. BatchNorm statistics stay
+   frozen in every layer (a handful of scans would otherwise shift them for all
+   data); dropout stays on in the trained part.
+3. Loss per step (half new-correction chunks, a quarter earlier corrections, a
+   quarter replay): cross-entropy with ``changed_weight`` on changed vertices,
+   plus ``pull`` x sum of squared (L2) or absolute (L1) differences of the
+   trained weights from their starting values.
+4. Before/after evaluation on held-out corrections and on the replay-eval set;
+   a round whose replay strict mIoU drops by more than ``flag_threshold`` is
+   flagged and not activated.
+5. The result is written as ``<out_dir>/<name>-vNNN.safetensors`` (next free
+   number, never overwriting) with the parent hash, the data used and the metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from close_blender.errors import Cancelled, CloseError, ScanError
+from close_blender.scan_io import load_scan, scan_paths
+from inference.closenet import CloseNet
+from inference.training import (
+    AugmentConfig,
+    Progress,
+    Scan,
+    augment_sample,
+    evaluate_scans,
+    scan_from_arrays,
+)
+
+LAYER_CHOICES = ("decoder", "head", "all")
+REPLAY_SEED = 4000  # synthetic replay scans: seeds never used for training the default model
+REPLAY_COUNT = 6
+REPLAY_POINTS = 20000
+
+
+@dataclass
+class FinetuneConfig:
+    layers: str = "decoder"  # decoder | head (last two decoder layers) | all
+    steps: int = 120
+    chunks_per_step: int = 4
+    n_points: int = 2048
+    lr: float = 1e-3
+    changed_weight: float = 5.0  # loss weight of vertices the artist changed
+    pull: str = "l2"  # l2 | l1: pull towards the starting weights
+    pull_strength: float = 1e-3
+    new_passes: int = 1  # chunk passes cut from each new correction
+    replay_passes: int = 1  # chunk passes cut from each replay / earlier correction
+    max_replay_chunks: int = 8
+    flag_threshold: float = 0.01  # replay strict mIoU may drop at most this much
+    eval_max_points: int = 4096
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
+        axis_scale=0.04, shrink=0.04, brightness=0.08, contrast=0.08, channel_gain=0.03,
+        color_noise=0.01, color_dropout=0.0, position_noise=0.001, density=0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- data
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def correction_from_arrays(arrays: dict[str, np.ndarray], name: str,
+                           changed_weight: float) -> Scan:
+    """A training :class:`Scan` with per-vertex weights from ``changed`` (if present)."""
+    scan = scan_from_arrays(arrays, name)
+    if "changed" in arrays:
+        changed = np.asarray(arrays["changed"])
+        if changed.shape != (len(scan),):
+            raise ScanError(f"{name}: 'changed' has shape {changed.shape}, expected "
+                            f"({len(scan)},)", "it flags the vertices the artist changed")
+        scan.weights = np.where(changed.astype(bool), changed_weight, 1.0).astype(np.float32)
+    return scan
+
+
+def load_corrections(paths: Sequence[str | Path], changed_weight: float
+                     ) -> list[tuple[Scan, str]]:
+    """(scan, file sha256) for every correction file."""
+    out = []
+    for f in scan_paths(paths):
+        arrays = load_scan(f, require=("points",))
+        out.append((correction_from_arrays(arrays, f.name, changed_weight), file_sha256(f)))
+    return out
+
+
+def replay_scans(folder: str | Path, progress: Progress | None = None) -> list[Scan]:
+    """The fixed replay set in ``folder``; made once with the synthetic generator
+    (seed ``REPLAY_SEED``, the kind of data the default model was trained on)."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.npz")) if folder.is_dir() else []
+    if not files:
+        from inference.synth import generate_scan, write_scan
+
+        for i in range(REPLAY_COUNT):
+            if progress is not None:
+                progress(i / REPLAY_COUNT, "making the replay set (once)")
+            stem = f"replay_{REPLAY_SEED}_{i:04d}"
+            if not (folder / f"{stem}.npz").exists():
+                write_scan(folder, stem, generate_scan(REPLAY_SEED, REPLAY_POINTS, index=i),
+                           "none")
+        files = sorted(folder.glob("*.npz"))
+    return [scan_from_arrays(load_scan(f, require=("points",)), f.name) for f in files]
+
+
+# ---------------------------------------------------------------- chunk pool
+
+
+@dataclass
+class Chunk:
+    inputs: tuple[torch.Tensor, ...]  # cached network inputs (depth depends on the layers)
+    labels: torch.Tensor  # (n,)
+    weights: torch.Tensor  # (n,)
+
+
+def _chunk_indices(n: int, n_points: int, passes: int, rng: np.random.Generator
+                   ) -> list[np.ndarray]:
+    """Random chunks covering every point once per pass (topped up to n_points)."""
+    out = []
+    for _ in range(passes):
+        perm = rng.permutation(n)
+        for s in range(0, n, n_points):
+            idx = perm[s:s + n_points]
+            if len(idx) < n_points:
+                if len(idx) < n_points // 4 and out:
+                    continue  # a tiny leftover: its points are in the next pass anyway
+                idx = np.concatenate([idx, rng.choice(n, n_points - len(idx), replace=n < n_points)])
+            out.append(idx)
+    return out
+
+
+def decoder_input(model: CloseNet, points: torch.Tensor, canon: torch.Tensor,
+                  garments: torch.Tensor) -> torch.Tensor:
+    """The decoder's input (B, C, N): point features, body coordinates, garment features."""
+    feats, x3 = model.point_encoder(points)
+    garm = model.garment_encoder(x3, garments)
+    return torch.cat([feats, canon.transpose(1, 2), garm], dim=1)
+
+
+def build_pool(model: CloseNet, scans: Sequence[Scan], passes: int, cfg: FinetuneConfig,
+               rng: np.random.Generator, cache: bool, max_chunks: int = 0,
+               cancelled: Callable[[], bool] | None = None) -> list[Chunk]:
+    """Cut and augment chunks; with ``cache`` run the frozen encoders once per chunk."""
+    pool: list[Chunk] = []
+    jobs = [(s, idx) for s in scans for idx in _chunk_indices(len(s), cfg.n_points, passes, rng)]
+    if max_chunks and len(jobs) > max_chunks:
+        jobs = [jobs[i] for i in sorted(rng.choice(len(jobs), max_chunks, replace=False))]
+    for scan, idx in jobs:
+        if cancelled is not None and cancelled():
+            raise Cancelled()
+        pts, canon = augment_sample(scan, idx, rng, cfg.augment)
+        p = torch.from_numpy(pts)[None]
+        c = torch.from_numpy(np.ascontiguousarray(canon))[None]
+        g = torch.from_numpy(scan.garments)[None]
+        if cache:
+            with torch.inference_mode():
+                inputs: tuple[torch.Tensor, ...] = (decoder_input(model, p, c, g).clone(),)
+        else:
+            inputs = (p, c, g)
+        w = (np.ones(len(idx), np.float32) if scan.weights is None else scan.weights[idx])
+        pool.append(Chunk(inputs, torch.from_numpy(scan.labels[idx]), torch.from_numpy(w)))
+    return pool
+
+
+# ---------------------------------------------------------------- training
+
+
+def trainable_parameters(model: CloseNet, layers: str) -> list[torch.nn.Parameter]:
+    """Mark the chosen layers trainable (all others frozen) and return their parameters."""
+    if layers not in LAYER_CHOICES:
+        raise CloseError(f"unknown layer choice {layers!r}", f"use one of {LAYER_CHOICES}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if layers == "all":
+        mods = [model]
+    elif layers == "decoder":
+        mods = [model.decoder]
+    else:
+        mods = list(model.decoder.layers[-2:])
+    params = [p for m in mods for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _set_modes(model: CloseNet) -> None:
+    """Eval everywhere (frozen BN statistics), dropout active in the decoder."""
+    model.eval()
+    model.decoder.dropout.train()
+
+
+def _forward(model: CloseNet, chunks: Sequence[Chunk], cached: bool) -> torch.Tensor:
+    if cached:
+        x = torch.cat([c.inputs[0] for c in chunks])
+        return model.decoder(x)
+    p, c, g = (torch.cat([ch.inputs[i] for ch in chunks]) for i in range(3))
+    return model(p, c, g)
+
+
+def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    return (ce * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def pull_loss(params: Sequence[torch.Tensor], start: Sequence[torch.Tensor], kind: str
+              ) -> torch.Tensor:
+    if kind == "l2":
+        return sum(((p - s) ** 2).sum() for p, s in zip(params, start, strict=True))
+    if kind == "l1":
+        return sum((p - s).abs().sum() for p, s in zip(params, start, strict=True))
+    raise CloseError(f"unknown pull {kind!r}", "use l2 or l1")
+
+
+def tune(model: CloseNet, new: Sequence[Scan], earlier: Sequence[Scan], replay: Sequence[Scan],
+         cfg: FinetuneConfig, progress: Progress | None = None,
+         cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Fine-tune ``model`` in place; returns timing and loss figures."""
+    if not new:
+        raise CloseError("no new corrections to learn from",
+                         "correct a scan's labels and save it into the corrections folder")
+    t0 = time.monotonic()
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    params = trainable_parameters(model, cfg.layers)
+    start = [p.detach().clone() for p in params]
+    cached = cfg.layers != "all"
+    _set_modes(model)
+    report = (lambda f, s: progress(f, s)) if progress else (lambda f, s: None)
+    report(0.0, "cutting chunks")
+    pool_new = build_pool(model, new, cfg.new_passes, cfg, rng, cached, cancelled=cancelled)
+    pool_old = build_pool(model, earlier, cfg.replay_passes, cfg, rng, cached,
+                          cfg.max_replay_chunks, cancelled)
+    pool_rep = build_pool(model, replay, cfg.replay_passes, cfg, rng, cached,
+                          cfg.max_replay_chunks, cancelled)
+    t_pool = time.monotonic() - t0
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    n_new = max(1, cfg.chunks_per_step // 2)
+    n_rest = max(0, cfg.chunks_per_step - n_new)
+    losses = []
+    for step in range(cfg.steps):
+        if cancelled is not None and cancelled():
+            raise Cancelled()
+        picks = [pool_new[i] for i in rng.choice(len(pool_new), n_new, replace=True)]
+        for j in range(n_rest):
+            src = (pool_old if pool_old and (j % 2 == 0 or not pool_rep) else pool_rep) \
+                or pool_new
+            picks.append(src[int(rng.integers(len(src)))])
+        logits = _forward(model, picks, cached)
+        labels = torch.stack([c.labels for c in picks])
+        weights = torch.stack([c.weights for c in picks])
+        loss = weighted_ce(logits, labels, weights)
+        if cfg.pull_strength > 0:
+            loss = loss + cfg.pull_strength * pull_loss(params, start, cfg.pull)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        report((step + 1) / cfg.steps, f"fine-tuning step {step + 1}/{cfg.steps}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return {"seconds_pool": round(t_pool, 2), "seconds_train": round(time.monotonic() - t0 - t_pool, 2),
+            "chunks": {"new": len(pool_new), "earlier": len(pool_old), "replay": len(pool_rep)},
+            "loss_first": float(np.mean(losses[:5])), "loss_last": float(np.mean(losses[-5:])),
+            "n_trainable": int(sum(p.numel() for p in params))}
+
+
+def reference_tune(model: CloseNet, scan: Scan, passes: int = 3, lr: float = 1e-4,
+                   reg: float = 10.0, seed: int = 0) -> float:
+    """The reference tool's (CloSe-T) recipe, for comparison: Adam ``lr``, ``passes`` over the
+    scan in random 2048-point chunks, cross-entropy + ``reg`` x mean |w - w0|, training the
+    decoder, the global 1x1 conv and the last EdgeConv, model in train mode. Returns seconds."""
+    t0 = time.monotonic()
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    mods = [model.decoder, model.point_encoder.global_conv, model.point_encoder.edge_convs[2]]
+    params = [p for m in mods for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    start = [p.detach().clone() for p in params]
+    n_el = sum(p.numel() for p in params)
+    opt = torch.optim.Adam(params, lr=lr)
+    model.train()
+    feats = np.concatenate([scan.points, scan.colors, scan.normals], axis=1).astype(np.float32)
+    g = torch.from_numpy(scan.garments)[None]
+    for _ in range(passes):
+        perm = rng.permutation(len(scan))
+        for s in range(0, len(scan), 2048):
+            idx = perm[s:s + 2048]
+            logits = model(torch.from_numpy(feats[idx])[None],
+                           torch.from_numpy(scan.canon[idx])[None], g)
+            loss = F.cross_entropy(logits, torch.from_numpy(scan.labels[idx])[None])
+            loss = loss + reg * sum((p - s0).abs().sum() for p, s0 in zip(params, start,
+                                                                          strict=True)) / n_el
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return time.monotonic() - t0
+
+
+# ---------------------------------------------------------------- versions
+
+
+_VERSION = re.compile(r"^(?P<name>.+)-v(?P<n>\d{3,})\.safetensors$")
+
+
+def next_version_path(out_dir: str | Path, name: str) -> Path:
+    """``<out_dir>/<name>-vNNN.safetensors`` with NNN one above the highest present."""
+    out = Path(out_dir)
+    highest = 0
+    if out.is_dir():
+        for p in out.iterdir():
+            m = _VERSION.match(p.name)
+            if m and m.group("name") == name:
+                highest = max(highest, int(m.group("n")))
+    return out / f"{name}-v{highest + 1:03d}.safetensors"
+
+
+def _short(m: dict[str, Any] | None) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {k: m[k] for k in ("miou_strict", "miou_reference", "accuracy", "per_class_iou",
+                              "n_scans", "n_points")}
+
+
+@dataclass
+class FinetuneResult:
+    path: Path
+    sha256: str
+    flagged: bool
+    flag_reason: str
+    metrics: dict[str, Any]
+    timing: dict[str, Any]
+
+
+def finetune(checkpoint: str | Path, corrections: Sequence[str | Path], out_dir: str | Path, *,
+             name: str = "finetuned", heldout: Sequence[str | Path] = (),
+             replay: str | Path | None = None, cfg: FinetuneConfig | None = None,
+             progress: Progress | None = None, cancelled: Callable[[], bool] | None = None
+             ) -> FinetuneResult:
+    """One fine-tuning round from ``checkpoint`` (.pth, .safetensors or a project name) on the
+    corrections; writes a new version in ``out_dir``. ``replay`` is the folder of the fixed
+    replay set (default ``<out_dir>/replay``, made once)."""
+    from inference.checkpoints import load_checkpoint, save_native
+
+    cfg = cfg or FinetuneConfig()
+    t0 = time.monotonic()
+    out_dir = Path(out_dir)
+    parent = load_checkpoint(checkpoint)
+    model = parent.model
+    seen = set((parent.meta.get("finetune") or {}).get("corrections_seen") or [])
+    loaded = load_corrections(corrections, cfg.changed_weight)
+    new = [(s, h) for s, h in loaded if h not in seen]
+    earlier = [(s, h) for s, h in loaded if h in seen]
+    if not new:
+        raise CloseError("every correction in the folder was already used by this checkpoint",
+                         "correct another scan, or fine-tune from an earlier version")
+    held = [s for s, _ in load_corrections(heldout, cfg.changed_weight)] if heldout else []
+    rep = replay_scans(replay if replay is not None else out_dir / "replay", progress)
+    rep_train, rep_eval = rep[0::2], rep[1::2]
+
+    def score(tag: str) -> dict[str, Any]:
+        if progress is not None:
+            progress(0.0, f"evaluating ({tag})")
+        out = {"replay": _short(evaluate_scans(model, rep_eval, cfg.eval_max_points,
+                                               cancelled=cancelled))}
+        out["heldout"] = _short(evaluate_scans(model, held, cfg.eval_max_points,
+                                               cancelled=cancelled)) if held else None
+        out["corrections"] = _short(evaluate_scans(model, [s for s, _ in new],
+                                                   cfg.eval_max_points, cancelled=cancelled))
+        return out
+
+    before = score("before")
+    t_eval = time.monotonic() - t0
+    timing = tune(model, [s for s, _ in new], [s for s, _ in earlier], rep_train, cfg,
+                  progress, cancelled)
+    after = score("after")
+    drop = before["replay"]["miou_strict"] - after["replay"]["miou_strict"]
+    flagged = bool(drop > cfg.flag_threshold)
+    reason = (f"replay strict mIoU fell by {100 * drop:.1f} points (more than "
+              f"{100 * cfg.flag_threshold:.1f})") if flagged else ""
+    metrics = {"before": before, "after": after, "replay_drop": drop, "flagged": flagged}
+    data = {
+        "corrections": [{"file": s.name, "sha256": h, "n_points": len(s),
+                         "n_changed": int((s.weights > 1).sum()) if s.weights is not None
+                         else None} for s, h in new],
+        "earlier_corrections": [{"file": s.name, "sha256": h} for s, h in earlier],
+        "heldout": [s.name for s in held],
+        "replay_train": [s.name for s in rep_train], "replay_eval": [s.name for s in rep_eval],
+    }
+    if cancelled is not None and cancelled():
+        raise Cancelled()
+    timing["seconds_total"] = round(time.monotonic() - t0, 2)
+    timing["seconds_eval_before"] = round(t_eval, 2)
+    meta = {
+        "provenance": {"source": "finetune", "parent_sha256": parent.sha256,
+                       "training_data": data, "metrics": metrics},
+        "finetune": {"parent_sha256": parent.sha256, "parent_path": str(parent.path),
+                     "flagged": flagged, "flag_reason": reason, "config": cfg.to_dict(),
+                     "timing": timing,
+                     "corrections_seen": sorted(seen | {h for _, h in loaded})},
+    }
+    for _ in range(100):  # a concurrent run may take a number: try the next one
+        path = next_version_path(out_dir, name)
+        try:
+            sha = save_native(path, model, parent.config, meta)
+            break
+        except CloseError:
+            if not path.exists():
+                raise
+    else:
+        raise CloseError(f"cannot find a free version number in {out_dir}")
+    return FinetuneResult(path, sha, flagged, reason, metrics, timing)
+
