@@ -90,14 +90,18 @@ def knn_rows(x: torch.Tensor, k: int, tile: int = 256) -> torch.Tensor:
     else:
         width = max(n, 64 * k) if x.device.type == "cpu" else n
     rows = min(tile, n)
-    buf = torch.full((rows, width), float("-inf"), dtype=x.dtype, device=x.device)
+    buf = torch.empty((rows, width), dtype=x.dtype, device=x.device)
+    if width > n:
+        buf[:, n:] = float("-inf")
     out = torch.empty((n, k), dtype=torch.long, device=x.device)
     xt = x.t()
     for s in range(0, n, rows):
         e = min(n, s + rows)
         d = buf[: e - s]
-        block = torch.addmm(sq, x[s:e], xt, beta=-1.0, alpha=2.0)
-        d[:, :n] = block.sub_(sq[s:e, None])
+        if width == n:  # write the distances in place, no extra pass
+            torch.addmm(sq, x[s:e], xt, beta=-1.0, alpha=2.0, out=d).sub_(sq[s:e, None])
+        else:
+            d[:, :n] = torch.addmm(sq, x[s:e], xt, beta=-1.0, alpha=2.0).sub_(sq[s:e, None])
         out[s:e] = topk_indices(d, k, n)
     return out
 
