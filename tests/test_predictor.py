@@ -242,3 +242,26 @@ def test_bad_options(ckpt):
         Predictor(ckpt.model, device="cpu", chunk_size=0)
     with pytest.raises(ScanError, match="order"):
         run(ckpt, make_scan(10), order="tiles")
+
+
+def test_device_choice():
+    from inference.devices import configure_threads, pick_device
+
+    auto = pick_device("auto")
+    if torch.cuda.is_available():
+        assert auto.type == "cuda"
+    elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        assert auto.type == "mps"
+    else:
+        assert auto.type == "cpu"
+    assert pick_device("cpu").type == "cpu" and pick_device(None) == auto
+    if not torch.cuda.is_available():
+        with pytest.raises(CloseError, match="CUDA"):
+            pick_device("cuda")
+    with pytest.raises(CloseError, match="device"):
+        pick_device("quantum")
+    threads = torch.get_num_threads()
+    try:
+        assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
