@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 CHECKPOINT = SHARED / "fixtures" / "closenet_reference" / "closenet.pth"
 # A fine-tune small enough for a test: few points, few steps, a two-scan replay set.
-TINY = {"steps": 2, "n_points": 512, "chunks_per_step": 2, "new_passes": 1,
-        "replay_passes": 1, "max_replay_chunks": 1, "eval_max_points": 512}
+TINY = {"steps": 2, "n_points": 256, "chunks_per_step": 2, "new_passes": 1,
+        "replay_passes": 1, "max_replay_chunks": 1, "eval_max_points": 256}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,10 @@ def test_save_list_remove_export(clean_scene, blender_ext, data, synth, tmp_path
     # Not segmented yet: refused, nothing written.
     with pytest.raises(RuntimeError, match="no labels"):
         bpy.ops.close.save_correction()
-    assert bpy.ops.close.segment(checkpoint=str(CHECKPOINT), garments="auto") == {"FINISHED"}
+    from close_blender.labels import names_of
+
+    garments = ",".join(names_of(scan["garments"]))
+    assert bpy.ops.close.segment(checkpoint=str(CHECKPOINT), garments=garments) == {"FINISHED"}
     mesh_labels = blender_ext.operators.mesh_labels
     predicted = mesh_labels.read_predicted(obj.data)
     assert predicted is not None
@@ -146,6 +149,45 @@ def test_save_list_remove_export(clean_scene, blender_ext, data, synth, tmp_path
     assert corr.list_corrections(data) == []
 
 
+class _Recorder:
+    """Stands in for a UILayout: every call returns another recorder, and the texts
+    given to labels are kept, so a panel's draw() runs without a window."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.__dict__["texts"] = texts
+
+    def __getattr__(self, name: str):
+        def call(*args, **kwargs):
+            if name == "label":
+                self.texts.append(kwargs.get("text", ""))
+            return _Recorder(self.texts)
+        return call
+
+    def __setattr__(self, name: str, value) -> None:
+        self.__dict__[name] = value
+
+
+def _draw_panel(blender_ext) -> list[str]:
+    import types
+
+    import bpy
+
+    texts: list[str] = []
+    panel = blender_ext.panels.corrections.CLOSE_PT_corrections
+    panel.draw(types.SimpleNamespace(layout=_Recorder(texts)), bpy.context)
+    return texts
+
+
+def test_finetune_options_are_checked() -> None:
+    from close_blender.errors import CloseError
+    from inference.finetune_jobs import finetune_config
+
+    cfg = finetune_config({"steps": "3", "layers": "head", "epochs": 2, "replay": "x"})
+    assert cfg.steps == 3 and cfg.layers == "head" and cfg.new_passes == 2
+    with pytest.raises(CloseError, match="unknown fine-tune options: stepz"):
+        finetune_config({"stepz": 3})
+
+
 def test_finetune_activate_flag_and_rollback(clean_scene, blender_ext, data, synth) -> None:
     import bpy
 
@@ -166,6 +208,9 @@ def test_finetune_activate_flag_and_rollback(clean_scene, blender_ext, data, syn
     assert ops.current_checkpoint(bpy.context) == str(v1.path.resolve())
     assert [line.split(":")[0] for line in blender_ext.panels.corrections.metric_lines(v1)] \
         == ["corrections", "heldout", "replay"]
+    texts = _draw_panel(blender_ext)
+    assert f"Active: {v1.path.stem}" in texts and "Corrections: 1" in texts
+    assert any(t.strip().startswith("replay: mIoU") for t in texts)
 
     # A run that makes the replay set worse (any change counts with this threshold) is
     # flagged and not activated; it starts from the active version.
@@ -197,7 +242,6 @@ def test_finetune_activate_flag_and_rollback(clean_scene, blender_ext, data, syn
 
 
 def test_finetune_cancel_keeps_the_previous_model(clean_scene, blender_ext, data, synth) -> None:
-    import bpy
 
     from close_blender import model_versions as mv
 
@@ -232,7 +276,6 @@ def test_finetune_cancel_keeps_the_previous_model(clean_scene, blender_ext, data
 
 def test_corrupt_folder_is_reported_and_nothing_is_lost(clean_scene, blender_ext, data,
                                                         synth) -> None:
-    import bpy
 
     from close_blender import corrections as corr
     from close_blender import model_versions as mv
@@ -253,6 +296,9 @@ def test_corrupt_folder_is_reported_and_nothing_is_lost(clean_scene, blender_ext
 
     infos = {i.name: i for i in corr.list_corrections(data)}
     assert not infos["garbage.npz"].ok and not infos["partial.npz"].ok
+    texts = _draw_panel(blender_ext)
+    assert "Corrections: 2 (2 broken)" in texts
+    assert any(t.startswith("garbage.npz: unreadable") for t in texts)
     assert infos[good.name].ok and infos["bad_shapes.npz"].ok
     n_versions = len(mv.list_versions(mv.models_dir(data)))
     assert _finetune(replay) == {"FINISHED"}
