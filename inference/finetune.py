@@ -302,7 +302,8 @@ def reference_tune(model: CloseNet, scan: Scan, passes: int = 3, lr: float = 1e-
                    reg: float = 10.0, seed: int = 0) -> float:
     """The reference tool's (CloSe-T) recipe, for comparison: Adam ``lr``, ``passes`` over the
     scan in random 2048-point chunks, cross-entropy + ``reg`` x mean |w - w0|, training the
-    decoder, the global 1x1 conv and the last EdgeConv, model in train mode. Returns seconds."""
+    decoder, the global 1x1 conv and the last EdgeConv (those in train mode: dropout, BN
+    statistics). Returns seconds."""
     t0 = time.monotonic()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -315,7 +316,9 @@ def reference_tune(model: CloseNet, scan: Scan, passes: int = 3, lr: float = 1e-
     start = [p.detach().clone() for p in params]
     n_el = sum(p.numel() for p in params)
     opt = torch.optim.Adam(params, lr=lr)
-    model.train()
+    model.eval()  # the T-Net's BN cannot train on one cloud; the trained modules do train
+    for m in mods:
+        m.train()
     feats = np.concatenate([scan.points, scan.colors, scan.normals], axis=1).astype(np.float32)
     g = torch.from_numpy(scan.garments)[None]
     for _ in range(passes):
@@ -404,8 +407,6 @@ def finetune(checkpoint: str | Path, corrections: Sequence[str | Path], out_dir:
                                                cancelled=cancelled))}
         out["heldout"] = _short(evaluate_scans(model, held, cfg.eval_max_points,
                                                cancelled=cancelled)) if held else None
-        out["corrections"] = _short(evaluate_scans(model, [s for s, _ in new],
-                                                   cfg.eval_max_points, cancelled=cancelled))
         return out
 
     before = score("before")
