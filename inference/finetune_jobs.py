@@ -75,7 +75,7 @@ def finetune_job(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
     ``n_points``, ...), ``epochs`` (passes over new corrections), ``holdout``
     (the last N files are only evaluated, not trained on), ``heldout`` (extra
     files for evaluation only), ``replay`` (replay-set folder, default
-    ``<models_dir>/replay``), ``name`` (version name, default ``closenet``).
+    ``<models_dir>/replay``), ``name`` (version name, default ``finetuned`` like the CLI).
     """
     from inference.finetune import finetune
 
@@ -111,7 +111,7 @@ def finetune_job(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
                                                          if warnings else ""),
                          "save a corrected scan again; broken files are listed in the panel")
     ctx.check_cancelled()
-    result = finetune(checkpoint, files, models, name=str(options.get("name") or "closenet"),
+    result = finetune(checkpoint, files, models, name=str(options.get("name") or "finetuned"),
                       heldout=heldout, replay=options.get("replay"), cfg=cfg,
                       progress=_progress(ctx), cancelled=ctx.cancelled)
     metrics = result.metrics

@@ -216,6 +216,11 @@ class CLOSE_OT_finetune(WorkerJobOperator, bpy.types.Operator):
     epochs: bpy.props.IntProperty(
         name="Passes", description="Passes over the corrections (0: the fine-tune default)",
         default=0, min=0, max=100)
+    hold_out: bpy.props.IntProperty(
+        name="Hold Out",
+        description="Newest corrections kept out of training and only scored before and "
+                    "after, to measure the gain on scans the model did not learn from",
+        default=0, min=0, max=20)
     auto_activate: bpy.props.BoolProperty(
         name="Activate", description="Make the new version active when it is not flagged",
         default=True)
@@ -241,6 +246,8 @@ class CLOSE_OT_finetune(WorkerJobOperator, bpy.types.Operator):
             return False
         if self.epochs:
             options["epochs"] = self.epochs
+        if self.hold_out:
+            options["holdout"] = self.hold_out
         base = current_checkpoint(context, self.checkpoint)
         params = {"checkpoint": bpy.path.abspath(base) if "/" in base or "\\" in base else base,
                   "corrections": str(corr.corrections_dir(folder)),
@@ -305,8 +312,10 @@ class CLOSE_OT_rollback_version(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
+        from ..panels.corrections import cached_active  # cached: poll runs on every redraw
+
         try:
-            return mv.active_version(data_dir(get_prefs(context))) is not None
+            return cached_active(data_dir(get_prefs(context))) is not None
         except Exception:  # noqa: BLE001 - poll must never raise (prefs missing while unregistering)
             return False
 

@@ -70,6 +70,8 @@ def metric_lines(info: mv.VersionInfo) -> list[str]:
     for split in sorted(set(info.metrics_before) | set(info.metrics_after)):
         before = info.metrics_before.get(split)
         after = info.metrics_after.get(split)
+        if before is None and after is None:
+            continue  # not evaluated in this run (e.g. no held-out corrections)
 
         def value(m: Any) -> str:
             if isinstance(m, dict):
@@ -139,6 +141,10 @@ class CLOSE_PT_corrections(bpy.types.Panel):
                       icon="ERROR")
         else:
             box.label(text=f"Active: {active.path.stem}", icon="CHECKMARK")
+            if context.scene.close_blender.checkpoint:
+                note = box.row()
+                note.alert = True
+                note.label(text="The scene's Checkpoint field overrides it", icon="INFO")
         for info in versions[-MAX_ROWS:]:
             is_active = active is not None and info.ok and info.sha256 == active.sha256
             col = box.column(align=True)

@@ -207,7 +207,7 @@ def test_finetune_activate_flag_and_rollback(clean_scene, blender_ext, data, syn
     assert mv.active_checkpoint(data) == str(v1.path.resolve())  # activated on its own
     assert ops.current_checkpoint(bpy.context) == str(v1.path.resolve())
     assert [line.split(":")[0] for line in blender_ext.panels.corrections.metric_lines(v1)] \
-        == ["corrections", "heldout", "replay"]
+        == ["replay"]
     texts = _draw_panel(blender_ext)
     assert f"Active: {v1.path.stem}" in texts and "Corrections: 1" in texts
     assert any(t.strip().startswith("replay: mIoU") for t in texts)
@@ -215,11 +215,19 @@ def test_finetune_activate_flag_and_rollback(clean_scene, blender_ext, data, syn
     # A run that makes the replay set worse (any change counts with this threshold) is
     # flagged and not activated; it starts from the active version.
     _pure_correction(data, 12, "second")
-    assert _finetune(replay, flag_threshold=-1.0) == {"FINISHED"}
+    third = _pure_correction(data, 13, "third")
+    assert bpy.ops.close.finetune(hold_out=1, options=json.dumps(
+        {**TINY, "replay": str(replay), "flag_threshold": -1.0})) == {"FINISHED"}
     versions = mv.list_versions(mv.models_dir(data))
     assert len(versions) == 2
     v2 = versions[1]
     assert v2.flagged and "replay" in v2.flag_reason and v2.parent_sha256 == v1.sha256
+    # The newest correction was held out: scored before and after, not trained on.
+    assert v2.data["heldout"] == [third.name]
+    assert third.name not in [c["file"] for c in v2.data["corrections"]]
+    assert v2.metrics_before["heldout"]["n_scans"] == 1
+    assert [line.split(":")[0] for line in blender_ext.panels.corrections.metric_lines(v2)] \
+        == ["heldout", "replay"]
     assert mv.active_checkpoint(data) == str(v1.path.resolve())
 
     # Any version can be activated by hand; roll-back goes to the parent, then the base.
