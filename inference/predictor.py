@@ -177,11 +177,13 @@ class Predictor:
         perms = chunk_orders(n, passes, order, seed)
         cs = self.chunk_size
         batches: list[tuple[int, np.ndarray]] = []  # (pass, indices (B, chunk))
+        n_full = n // cs
+        # fewer chunks per batch when there are too few batches to keep every worker busy
+        per_batch = max(1, min(self.max_batch_chunks, (n_full * passes) // max(1, self.workers)))
         for p, perm in enumerate(perms):
-            n_full = n // cs
             full = perm[: n_full * cs].reshape(n_full, cs)
-            for s in range(0, n_full, self.max_batch_chunks):
-                batches.append((p, full[s:s + self.max_batch_chunks]))
+            for s in range(0, n_full, per_batch):
+                batches.append((p, full[s:s + per_batch]))
             if n_full * cs < n:
                 batches.append((p, perm[n_full * cs:][None, :]))
 
