@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from . import editing, segment, worker, worker_session
+from . import closed_files, corrections, editing, rigging, segment, separate, worker, worker_session
 
-classes: tuple[type, ...] = (*worker.classes, *segment.classes, *editing.classes)
+classes: tuple[type, ...] = (*worker.classes, *segment.classes, *editing.classes,
+                             *separate.classes, *rigging.classes,
+                             *closed_files.classes, *corrections.classes)
 
 
 def shutdown() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import bpy
 
-from . import editing, preferences, properties, sidebar
+from . import corrections, editing, handoff, preferences, properties, sidebar
 
 property_classes: tuple[type, ...] = (*properties.classes,)
-classes: tuple[type, ...] = (*preferences.classes, *sidebar.classes, *editing.classes)
+classes: tuple[type, ...] = (*preferences.classes, *sidebar.classes, *editing.classes,
+                             *handoff.classes, *corrections.classes)
 
 
 def register_properties() -> None:
