@@ -24,19 +24,11 @@ from bpy_extras.io_utils import ExportHelper
 from ..close_blender import corrections as corr
 from ..close_blender import model_versions as mv
 from ..close_blender.errors import CloseError
-from ..panels.preferences import data_dir, get_prefs
+from ..panels.preferences import current_checkpoint, data_dir, get_prefs
 from . import mesh_labels
 from .closed_files import fit_arrays, scan_arrays
 from .job_runner import Task, WorkerJobOperator
 from .scan_data import check_target, read_scan
-
-
-def current_checkpoint(context: bpy.types.Context, explicit: str = "") -> str:
-    """The checkpoint segmentation and fine-tuning start from: an explicit choice,
-    else the scene's, else the active model version, else the preferences' default."""
-    prefs = get_prefs(context)
-    return (explicit or context.scene.close_blender.checkpoint
-            or mv.active_checkpoint(data_dir(prefs)) or prefs.default_checkpoint)
 
 
 def fit_params(context: bpy.types.Context) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..close_blender.errors import CloseError
 from ..close_blender.labels import CLASS_NAMES, DISPLAY_NAMES, N_CLASSES
-from ..panels.preferences import get_prefs
+from ..panels.preferences import current_checkpoint, get_prefs
 from . import mesh_labels, worker_session
 from .job_runner import Task, WorkerJobOperator
 from .scan_data import Z_UP_TO_Y_UP, ScanInput, check_target, read_scan
@@ -55,7 +55,7 @@ def job_params(op, context: bpy.types.Context) -> tuple[dict, str | None]:
     and the reason they cannot be used (None when they can)."""
     settings = context.scene.close_blender
     prefs = get_prefs(context)
-    checkpoint = op.checkpoint or settings.checkpoint or prefs.default_checkpoint
+    checkpoint = current_checkpoint(context, op.checkpoint)
     spec = op.garments.strip() or ("auto" if settings.auto_garments
                                     else ",".join(settings.garment_names()))
     garments: list[str] | str = "auto" if spec.lower() == "auto" else [

@@ -120,6 +120,17 @@ def data_dir(prefs: ClosePreferences | None = None) -> Path:
     return user_dir("data")
 
 
+def current_checkpoint(context: bpy.types.Context | None = None, explicit: str = "") -> str:
+    """The checkpoint segmentation and fine-tuning start from: an explicit choice, else the
+    scene's, else the active model version of the data folder, else the preferences' default."""
+    from ..close_blender.model_versions import active_checkpoint
+
+    context = context or bpy.context
+    prefs = get_prefs(context)
+    return (explicit or context.scene.close_blender.checkpoint
+            or active_checkpoint(data_dir(prefs)) or prefs.default_checkpoint)
+
+
 def packages_dir() -> Path:
     """Where 'Install packages' puts the worker's packages for Blender's own Python."""
     return user_dir("site-packages")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import bpy
 
 from ..close_blender.labels import DISPLAY_NAMES, N_CLASSES
-from .preferences import get_prefs
+from .preferences import current_checkpoint, get_prefs
 
 
 class CLOSE_PT_main(bpy.types.Panel):
@@ -44,6 +46,8 @@ class CLOSE_PT_model(bpy.types.Panel):
         settings = context.scene.close_blender
         prefs = get_prefs(context)
         layout.prop(settings, "checkpoint", placeholder=prefs.default_checkpoint)
+        if not settings.checkpoint:
+            layout.label(text=f"Using: {Path(current_checkpoint(context)).name}", icon="FILE")
         layout.prop(prefs, "device")
         row = layout.row(align=True)
         row.operator("close.worker_check", icon="CHECKMARK")
