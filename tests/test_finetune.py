@@ -52,10 +52,10 @@ def dirs(tmp_path) -> dict[str, Path]:
     return d
 
 
-def run_ft(parent, d, **kw):
+def run_ft(parent, d, held=True, **kw):
     cfg = FinetuneConfig(**{**FAST, **kw.pop("cfg", {})})
-    return finetune(parent, [d["corr"]], d["out"], replay=d["replay"], heldout=[d["held"]],
-                    cfg=cfg, **kw)
+    return finetune(parent, [d["corr"]], d["out"], replay=d["replay"],
+                    heldout=[d["held"]] if held else [], cfg=cfg, **kw)
 
 
 def test_version_metadata_and_frozen_layers(parent, dirs):
@@ -92,7 +92,7 @@ def test_versions_never_overwrite_and_replay_earlier_corrections(parent, dirs):
         run_ft(v1.path, dirs)
     save_npz_atomic(dirs["corr"] / "c2.npz", fake_scan(11))
     (dirs["out"] / "finetuned-v002.safetensors").write_bytes(b"taken")  # someone else's
-    v3 = run_ft(v1.path, dirs)
+    v3 = run_ft(v1.path, dirs, held=False)
     assert v3.path.name == "finetuned-v003.safetensors"
     assert v1.path.read_bytes() == v1_bytes
     data = load_checkpoint(v3.path).meta["provenance"]["training_data"]
@@ -104,11 +104,11 @@ def test_versions_never_overwrite_and_replay_earlier_corrections(parent, dirs):
 
 def test_all_layers_and_head_choices(parent, dirs):
     base = load_checkpoint(parent).model.state_dict()
-    res = run_ft(parent, dirs, name="all", cfg={"layers": "all", "steps": 2})
+    res = run_ft(parent, dirs, held=False, name="all", cfg={"layers": "all", "steps": 2})
     changed = {k for k, v in load_checkpoint(res.path).model.state_dict().items()
                if not torch.equal(v, base[k])}
     assert any(k.startswith("point_encoder.") for k in changed)
-    res = run_ft(parent, dirs, name="head", cfg={"layers": "head", "steps": 2})
+    res = run_ft(parent, dirs, held=False, name="head", cfg={"layers": "head", "steps": 2})
     changed = {k for k, v in load_checkpoint(res.path).model.state_dict().items()
                if not torch.equal(v, base[k])}
     n = len(TINY.decoder_channels)  # layers 0..n; the head is the last two
