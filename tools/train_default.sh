@@ -20,13 +20,15 @@ N_TRAIN=${N_TRAIN:-320}
 N_VAL=${N_VAL:-16}
 N_TEST=${N_TEST:-40}
 POINTS=${POINTS:-20000}
+CONFIG=${CONFIG:-configs/default-small.yaml}
 OUT="$BUILD/model.safetensors"
-TARGET=inference/models/default.safetensors
+TARGET=${TARGET:-inference/models/default.safetensors}
+# TRAIN_ARGS: extra `train` options, e.g. TRAIN_ARGS="--epochs 1" for a dry run
 
 make_set() {  # name seed count: generate unless all files are there already
     local dir="$DATA/$1"
     local have
-    have=$(find "$dir" -name '*.npz' 2>/dev/null | wc -l)
+    have=$( (find "$dir" -name '*.npz' 2>/dev/null || true) | wc -l)
     if [ "$have" -lt "$3" ]; then
         echo "== generating $3 $1 scans (seed $2)"
         rm -rf "$dir"
@@ -45,7 +47,7 @@ if [ ! -f "$OUT" ]; then
     [ -f "$OUT.state/state.pt" ] && RESUME=(--resume)
     echo "== training ${RESUME[*]:-}"
     "$PY" -m close_blender train "$DATA/train" --val "$DATA/val" --test "$DATA/test" \
-        --config configs/default-small.yaml --out "$OUT" "${RESUME[@]}"
+        --config "$CONFIG" --out "$OUT" ${TRAIN_ARGS:-} "${RESUME[@]}"
 fi
 
 size=$(stat -c %s "$OUT")
