@@ -73,6 +73,12 @@ class TrainConfig:
     lr_min_ratio: float = 0.05  # cosine decay to lr * ratio over all steps
     weight_decay: float = 0.0
     seed: int = 0
+    # The last BatchNorm acts on the logits: with its scale at 1 the logits stay near unit
+    # variance and cross-entropy cannot fall below ~1.8 until that scale has grown, which
+    # plain Adam steps do slowly. Start it at ``logit_scale_init`` and let the logit BN
+    # learn ``head_lr_mult`` times faster (fresh training only; --init keeps its weights).
+    logit_scale_init: float = 4.0
+    head_lr_mult: float = 10.0
     extra_garments_prob: float = 0.3  # add 1-3 absent classes to the garments vector
     val_max_points: int = 8192  # random subset of each validation scan (seeded, fixed)
     threads: int = 0  # torch intra-op threads; 0 = leave as is
@@ -407,6 +413,16 @@ class TrainResult:
     epochs_run: int
 
 
+def _optimizer(model: CloseNet, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam; the logit BatchNorm's scale and shift at ``head_lr_mult`` x the learning rate."""
+    head = list(model.decoder.layers[-1].bn.parameters())
+    ids = {id(p) for p in head}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return torch.optim.Adam([{"params": rest, "lr_mult": 1.0},
+                             {"params": head, "lr_mult": cfg.head_lr_mult}],
+                            lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     t = min(step / max(total, 1), 1.0)
     return cfg.lr * (cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
@@ -434,7 +450,7 @@ def train(model_cfg: CloseNetConfig, cfg: TrainConfig, train_scans: Sequence[Sca
     model = CloseNet(model_cfg)
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_scans) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _optimizer(model, cfg)
     history: list[dict[str, Any]] = []
     epoch0 = 0
     if resume:
@@ -465,7 +481,10 @@ def train(model_cfg: CloseNetConfig, cfg: TrainConfig, train_scans: Sequence[Sca
         model = CloseNet(model_cfg)  # initial weights from the seed
         if init_state is not None:
             model.load_state_dict(init_state)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.logit_scale_init:
+            with torch.no_grad():
+                model.decoder.layers[-1].bn.weight.fill_(cfg.logit_scale_init)
+        opt = _optimizer(model, cfg)
         rng = np.random.default_rng(cfg.seed)
     model.train()
     val_metrics = history[-1].get("val") if history else None
@@ -479,7 +498,7 @@ def train(model_cfg: CloseNetConfig, cfg: TrainConfig, train_scans: Sequence[Sca
                 raise Cancelled()
             step = epoch * steps_per_epoch + s
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total_steps, cfg)
+                group["lr"] = _lr_at(step, total_steps, cfg) * group["lr_mult"]
             pick = [order[(s * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
             batch = make_batch([train_scans[i] for i in pick], rng, cfg.n_points, cfg.augment,
                                cfg.extra_garments_prob)
