@@ -77,7 +77,10 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=4, help="new-style scans (1 corrected)")
     ap.add_argument("--eval-points", type=int, default=8192)
     ap.add_argument("--layers", nargs="+", default=["decoder", "head", "all"])
-    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="steps per round (default: "
+                    "FinetuneConfig's; --all-steps for layers=all)")
+    ap.add_argument("--all-steps", type=int, default=12,
+                    help="steps for layers=all: every step runs the whole network")
     args = ap.parse_args()
 
     from inference.checkpoints import load_checkpoint
@@ -122,11 +125,13 @@ def main() -> int:
         cfg = FinetuneConfig(layers=layers)
         if args.steps:
             cfg.steps = args.steps
+        if layers == "all":
+            cfg.steps = args.all_steps
         out = work / f"versions-{layers}"
         shutil.rmtree(out, ignore_errors=True)
         res = finetune(base.path, [corr_dir], out, replay=work / "replay", cfg=cfg)
         tuned = load_checkpoint(res.path).model
-        rows.append((f"ours, layers={layers}", strict(tuned, new_eval, args.eval_points),
+        rows.append((f"ours, layers={layers} ({cfg.steps} st)", strict(tuned, new_eval, args.eval_points),
                      strict(tuned, old, args.eval_points), res.timing["seconds_total"],
                      "flagged" if res.flagged else ""))
     ref = load_checkpoint(args.checkpoint).model
