@@ -67,7 +67,7 @@ def main() -> int:
         write_scan(tmp, "bench", scan, mesh_format="ply")
         print(f"made a {args.points:,}-point synthetic scan in {time.perf_counter() - t:.1f} s")
         bpy, ext = headless.start()
-        obj = headless.import_ply(bpy, Path(tmp) / "bench.ply")
+        obj = headless.import_scan(bpy, Path(tmp) / "bench.ply")
 
     client = ext.operators.worker_session.get_client()
     t = time.perf_counter()

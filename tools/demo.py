@@ -36,7 +36,8 @@ from close_blender.metrics import scan_metrics  # noqa: E402
 
 def label_material(bpy):
     mat = bpy.data.materials.new("CloSe labels")
-    mat.use_nodes = True
+    if mat.node_tree is None:  # Blender < 5 makes node trees on request
+        mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     bsdf = nodes["Principled BSDF"]
     attr = nodes.new("ShaderNodeAttribute")
@@ -59,20 +60,27 @@ def render(bpy, obj, out_png: Path) -> None:
     scene.render.film_transparent = False
     world = bpy.data.worlds.new("demo") if scene.world is None else scene.world
     scene.world = world
-    world.use_nodes = True
+    if world.node_tree is None:
+        world.use_nodes = True
     world.node_tree.nodes["Background"].inputs["Color"].default_value = (0.9, 0.9, 0.9, 1)
     world.node_tree.nodes["Background"].inputs["Strength"].default_value = 1.0
     obj.data.materials.clear()
     obj.data.materials.append(label_material(bpy))
 
-    step = max(1, len(obj.data.vertices) // 2000)
-    corners = np.array([obj.matrix_world @ v.co for v in obj.data.vertices[::step]])
-    lo, hi = corners.min(0), corners.max(0)
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    world = np.array(obj.matrix_world)
+    points = co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
+    lo, hi = points.min(0), points.max(0)
     centre = (lo + hi) / 2
     height = float(hi[2] - lo[2])
     cam_data = bpy.data.cameras.new("demo")
     cam_data.type = "ORTHO"
-    cam_data.ortho_scale = height * 1.1
+    xy = points[:, :2] - points[:, :2].mean(0)
+    _, axes = np.linalg.eigh(xy.T @ xy)  # columns: least, most horizontal spread
+    width = float(np.ptp(xy @ axes[:, 1]))
+    aspect = scene.render.resolution_y / scene.render.resolution_x
+    cam_data.ortho_scale = 1.08 * max(height, width * aspect)
     cam = bpy.data.objects.new("demo_camera", cam_data)
     scene.collection.objects.link(cam)
     scene.camera = cam
@@ -81,10 +89,16 @@ def render(bpy, obj, out_png: Path) -> None:
     scene.collection.objects.link(sun)
     tiles = []
     with tempfile.TemporaryDirectory() as tmp:
+        # A person is wider across the shoulders than front to back: look along the
+        # horizontal direction of least spread, from both sides.
+        view = axes[:, 0]
         for i, side in enumerate((-1.0, 1.0)):
-            cam.location = (centre[0], centre[1] + side * 4.0, centre[2])
-            cam.rotation_euler = (np.pi / 2, 0.0, 0.0 if side < 0 else np.pi)
-            sun.rotation_euler = (np.pi / 3, 0.0, 0.3 if side < 0 else np.pi + 0.3)
+            direction = side * view
+            cam.location = (centre[0] + 4.0 * direction[0], centre[1] + 4.0 * direction[1],
+                            centre[2])
+            heading = float(np.arctan2(direction[0], -direction[1]))
+            cam.rotation_euler = (np.pi / 2, 0.0, heading)
+            sun.rotation_euler = (np.pi / 3, 0.0, heading + 0.3)
             scene.render.filepath = os.path.join(tmp, f"view{i}.png")
             bpy.ops.render.render(write_still=True)
             tiles.append(Image.open(scene.render.filepath).convert("RGB"))
@@ -101,15 +115,19 @@ def render(bpy, obj, out_png: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scan", type=Path, default=DEFAULT_SCAN, help="a PLY scan (y up, metres)")
+    parser.add_argument("--scan", type=Path, default=DEFAULT_SCAN,
+                        help="a scan mesh, y up, metres (.ply, .obj or .glb)")
     parser.add_argument("--checkpoint", default="default", help="checkpoint name or path")
     parser.add_argument("--out", type=Path, default=REPO / "out")
+    parser.add_argument("--name", default="demo", help="stem of the .blend and .png written")
     args = parser.parse_args()
     if not args.scan.is_file():
         raise SystemExit(f"no sample scan at {args.scan}: run `make setup` (it makes data/samples)")
     truth_path = args.scan.with_suffix(".npz")
+    if Path(args.checkpoint).is_file():
+        args.checkpoint = str(Path(args.checkpoint).resolve())
     bpy, ext = headless.start()
-    obj = headless.import_ply(bpy, args.scan)
+    obj = headless.import_scan(bpy, args.scan)
     print(f"scan {args.scan.name}: {len(obj.data.vertices):,} vertices")
     start = time.perf_counter()
     result = bpy.ops.close.segment(checkpoint=args.checkpoint, garments="auto")
@@ -119,9 +137,10 @@ def main() -> int:
     labels = ext.operators.mesh_labels.read_labels(obj.data)
     print(f"segmented in {seconds:.1f} s (body fit: {obj.close_blender.body_fit})")
     args.out.mkdir(parents=True, exist_ok=True)
-    render(bpy, obj, args.out / "demo.png")
-    bpy.ops.wm.save_as_mainfile(filepath=str(args.out / "demo.blend"), check_existing=False)
-    print(f"wrote {args.out / 'demo.blend'} and {args.out / 'demo.png'}")
+    blend, png = args.out / f"{args.name}.blend", args.out / f"{args.name}.png"
+    render(bpy, obj, png)
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend), check_existing=False)
+    print(f"wrote {blend} and {png}")
     report(labels, obj, truth_path)
     return 0
 

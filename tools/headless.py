@@ -45,12 +45,21 @@ def start(verbose: bool = True):
     return bpy, ext
 
 
-def import_ply(bpy, path: Path, clear: bool = True):
-    """Import a y-up PLY scan (as the synthetic generator writes) as the active object."""
+def import_scan(bpy, path: Path, clear: bool = True):
+    """Import a y-up scan (PLY as the synthetic generator writes, OBJ, glTF) as the active object."""
     if clear:
         for obj in list(bpy.data.objects):
             bpy.data.objects.remove(obj)
-    bpy.ops.wm.ply_import(filepath=str(path), forward_axis="NEGATIVE_Z", up_axis="Y")
-    obj = bpy.context.selected_objects[0]
+    suffix = Path(path).suffix.lower()
+    if suffix == ".ply":
+        bpy.ops.wm.ply_import(filepath=str(path), forward_axis="NEGATIVE_Z", up_axis="Y")
+    elif suffix == ".obj":
+        bpy.ops.wm.obj_import(filepath=str(path), forward_axis="NEGATIVE_Z", up_axis="Y")
+    elif suffix in (".glb", ".gltf"):
+        bpy.ops.import_scene.gltf(filepath=str(path))
+    else:
+        raise SystemExit(f"cannot import {path}: use .ply, .obj or .glb")
+    meshes = [o for o in bpy.context.selected_objects if o.type == "MESH"]
+    obj = meshes[0]
     bpy.context.view_layer.objects.active = obj
     return obj
