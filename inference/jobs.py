@@ -16,6 +16,7 @@ the worker starts fast and ``check`` works on a Python without torch.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import os
@@ -234,7 +235,9 @@ def sleep(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
 
     For tests of failure paths: ``fail_at`` raises at that step (``error`` is
     "runtime", "close" or "memory"), ``crash_at`` ends the process with exit
-    code 3 at that step, as a crash in native code would.
+    code 3 at that step, as a crash in native code would. ``error`` "permission"
+    raises the PermissionError a read-only or full data folder gives, which must
+    stay this job's error and never stop the worker.
     """
     steps = int(params.get("steps", 10))
     step_s = float(params.get("step_s", 0.05))
@@ -250,6 +253,8 @@ def sleep(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
                 raise CloseError(f"simulated bad input at step {i}", "this is what a hint looks like")
             if kind == "memory":
                 raise MemoryError("simulated out of memory")
+            if kind == "permission":
+                raise PermissionError(errno.EACCES, "Permission denied", "simulated/read-only.npz")
             raise RuntimeError(f"simulated failure at step {i}")
         ctx.progress(i / steps, f"Step {i + 1} of {steps}")
         time.sleep(step_s)

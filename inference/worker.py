@@ -44,6 +44,14 @@ from close_blender.worker_protocol import (
 _STOP = object()
 
 
+class _PipeGone(Exception):
+    """Writing to Blender failed: our stdout pipe is closed, nobody is listening any more.
+
+    Only the worker's own sends raise it, so an OSError that a job raises (a
+    read-only or full data folder, a missing file) stays that job's error.
+    """
+
+
 def _take_std_streams() -> tuple[BinaryIO, BinaryIO]:
     """Private binary streams on the real stdin/stdout; fd 1 then writes to stderr, fd 0 reads nothing."""
     if sys.stdout is not None:
@@ -96,6 +104,14 @@ class Worker:
                 self._stopping = True
             self.requests.put(_STOP)
 
+    def send(self, type: str, job: str | None = None, fields: dict | None = None,
+             arrays: dict | None = None) -> None:
+        """Send one message to Blender; a failed write raises _PipeGone."""
+        try:
+            self.writer.send(type, job, fields, arrays)
+        except OSError as exc:
+            raise _PipeGone(f"{type!r} message could not be sent: {exc!r}") from exc
+
     def is_cancelled(self, job: str) -> bool:
         with self._lock:
             return self._stopping or job in self._cancelled
@@ -108,7 +124,7 @@ class Worker:
 
         threading.Thread(target=self.read_requests, name="close-worker-reader", daemon=True).start()
         try:
-            self.writer.send(READY, None, {
+            self.send(READY, None, {
                 "pid": os.getpid(), "python": platform.python_version(),
                 "executable": sys.executable, "protocol": PROTOCOL_VERSION,
                 "close_blender": close_blender.__version__})
@@ -117,7 +133,8 @@ class Worker:
                 if message is _STOP:
                     return 0
                 self.run_job(message)
-        except OSError:  # Blender closed our stdout: nobody is listening any more
+        except _PipeGone as exc:  # Blender closed our stdout: nobody is listening any more
+            print(f"close worker: {exc}; stopping", file=sys.stderr, flush=True)
             return 0
 
     def run_job(self, message: Message) -> None:
@@ -127,11 +144,11 @@ class Worker:
         name = str(message.fields.get("name", ""))
         params = message.fields.get("params") or {}
         if self.is_cancelled(job_id):
-            self.writer.send(CANCELLED, job_id)
+            self.send(CANCELLED, job_id)
             return
-        self.writer.send(STARTED, job_id, {"name": name})
+        self.send(STARTED, job_id, {"name": name})
         ctx = JobContext(
-            send_progress=lambda f, s: self.writer.send(PROGRESS, job_id, {"fraction": f, "stage": s}),
+            send_progress=lambda f, s: self.send(PROGRESS, job_id, {"fraction": f, "stage": s}),
             cancelled=lambda: self.is_cancelled(job_id), cache=self.cache)
         try:
             handler = JOBS.get(name)
@@ -140,12 +157,12 @@ class Worker:
                                  f"known jobs: {', '.join(sorted(JOBS))}")
             out = handler(params, message.arrays, ctx)
             fields, arrays = out if isinstance(out, tuple) else (out, {})
-            self.writer.send(RESULT, job_id, fields or {}, arrays or {})
+            self.send(RESULT, job_id, fields or {}, arrays or {})
         except Cancelled:
-            self.writer.send(CANCELLED, job_id)
-        except OSError:
+            self.send(CANCELLED, job_id)
+        except _PipeGone:
             raise
-        except BaseException as exc:  # noqa: BLE001 - every job failure goes back to Blender
+        except BaseException as exc:  # noqa: BLE001 - every job failure, OSError too, goes back to Blender
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             self.send_error(job_id, name, exc)
@@ -167,7 +184,7 @@ class Worker:
                 hint = ("the worker ran out of memory; try a smaller chunk size, "
                         "fewer passes or the CPU device")
             print(f"close worker: job {name!r} failed:\n{text}", file=sys.stderr, flush=True)
-        self.writer.send(ERROR, job_id, {"message": message, "hint": hint, "kind": kind,
+        self.send(ERROR, job_id, {"message": message, "hint": hint, "kind": kind,
                                          "traceback": text, "user": user})
 
 

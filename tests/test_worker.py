@@ -239,6 +239,51 @@ def test_job_error_returns_traceback_and_worker_stays(client):
     assert client.check()["pid"] == pid
 
 
+def test_file_error_in_a_job_is_its_error_and_the_worker_goes_on(client):
+    """A PermissionError (read-only or full data folder) is the job's error, not a closed pipe."""
+    pid = client.check()["pid"]
+    failing = client.submit("sleep", {"steps": 3, "step_s": 0.01, "fail_at": 1,
+                                      "error": "permission"})
+    queued = client.submit("sleep", {"steps": 2, "step_s": 0.01})
+    with pytest.raises(JobError) as info:
+        failing.result(timeout=10)
+    err = info.value
+    assert not isinstance(err, WorkerDied) and err.kind == "PermissionError" and not err.user
+    assert "Permission denied" in err.message and "simulated/read-only.npz" in err.message
+    assert "Traceback" in err.traceback
+    fields, _ = queued.result(timeout=10)
+    assert fields["steps"] == 2 and fields["pid"] == pid
+    assert client.check()["pid"] == pid
+
+
+class _ClosedPipe(io.RawIOBase):
+    """A stdout whose reader has gone: every write fails like a closed pipe."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_only_a_failed_send_stops_the_worker():
+    from inference.worker import Worker, _PipeGone
+
+    out = io.BytesIO()
+    worker = Worker(io.BytesIO(), out)
+    worker.run_job(Message("run", "j1", {"name": "sleep", "params": {
+        "steps": 2, "step_s": 0, "fail_at": 0, "error": "permission"}}))
+    out.seek(0)
+    started, error = read_message(out), read_message(out)
+    assert (started.type, error.type, error.job) == ("started", "error", "j1")
+    assert error.fields["kind"] == "PermissionError"
+
+    gone = Worker(io.BytesIO(), _ClosedPipe())
+    with pytest.raises(_PipeGone):
+        gone.run_job(Message("run", "j2", {"name": "sleep", "params": {"steps": 1}}))
+    assert gone.serve() == 0  # the ready message cannot be sent: stop quietly
+
+
 def test_killed_worker_fails_the_job_and_next_job_restarts(fresh):
     fresh.start()
     pid, starts = fresh.pid, fresh.starts
