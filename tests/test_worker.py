@@ -59,6 +59,17 @@ def client():
     c.stop()
 
 
+@pytest.fixture(autouse=True)
+def _no_cached_body_fits():
+    """Forget inference.jobs' body fits around each test: a fit made by a stand-in
+    prepare module must never answer a later test that sends the same arrays."""
+    from inference.jobs import PREPARED
+
+    PREPARED.clear()
+    yield
+    PREPARED.clear()
+
+
 @pytest.fixture
 def fresh():
     """A client of its own, for tests that kill or break its worker."""
