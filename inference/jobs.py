@@ -537,15 +537,35 @@ def fit_body(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arr
     """Fit the body model to a scan: body mesh, fit quality and per-point canonical coordinates."""
     garments, _ = _garments_param(params.get("garments", "auto"))
     closed, fit, warnings = _prepare(params, arrays, ctx, garments, 0.0, 0.98)
-    out = {"canon_pose": np.asarray(closed["canon_pose"], dtype=np.float32), **_fit_arrays(fit)}
-    params_out = {k: np.asarray(v) for k, v in (getattr(fit, "params", None) or {}).items()
-                  if isinstance(v, (np.ndarray, np.generic, int, float))}
-    out.update({f"param_{k}": v for k, v in params_out.items()
-                if v.dtype.kind in "biufc"})
+    plain, param_arrays = fit_params(getattr(fit, "params", None) or {})
+    out = {"canon_pose": np.asarray(closed["canon_pose"], dtype=np.float32), **_fit_arrays(fit),
+           **param_arrays}
     ctx.progress(1.0, "Done")
-    plain = {k: v for k, v in (getattr(fit, "params", None) or {}).items()
-             if isinstance(v, (str, bool, int, float))}
     return {"fit": _fit_fields(fit), "params": plain, "warnings": warnings}, out
+
+
+def fit_params(params: dict[str, Any]) -> tuple[Fields, Arrays]:
+    """A body fit's parameters split for the wire: (plain fields, ``param_<k>`` arrays).
+
+    Numbers travel as arrays (python numbers also as plain fields); text such
+    as SMPL's ``gender``, which body fits keep as a 0-d string array, travels
+    as a plain ``str`` field since string arrays cannot be sent.
+    """
+    plain: Fields = {}
+    arrays: Arrays = {}
+    for key, value in params.items():
+        if isinstance(value, (bool, int, float)):
+            plain[key] = value
+        if isinstance(value, str):
+            plain[key] = value
+        elif isinstance(value, (np.ndarray, np.generic, bool, int, float)):
+            a = np.asarray(value)
+            if a.dtype.kind in "biufc":
+                arrays[f"param_{key}"] = a
+            elif a.dtype.kind in "US" and a.size == 1:
+                text = a.reshape(()).item()
+                plain[key] = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    return plain, arrays
 
 
 # Jobs defined in other modules register themselves into JOBS on import.

@@ -575,6 +575,38 @@ def test_segment_auto_garments_with_stand_in_models(monkeypatch, tmp_path):
     assert CLASS_NAMES[int(np.flatnonzero(_FakePredictor.calls[-1])[0])] == "Hat"
 
 
+def test_fit_body_sends_text_params_as_plain_fields(monkeypatch):
+    """SMPL's gender is a 0-d string array in the fit; it reaches Blender as fields["params"]."""
+    from inference.jobs import JobContext, fit_body
+
+    betas = np.arange(10, dtype=np.float32)
+
+    def prepare_arrays(vertices, faces=None, colors=None, normals=None, **_):
+        n = len(vertices)
+        closed = {"points": vertices, "colors": np.zeros((n, 3), np.uint8),
+                  "normals": np.zeros((n, 3), np.float32), "canon_pose": vertices}
+        fit = types.SimpleNamespace(
+            vertices=np.zeros((4, 3)), faces=np.zeros((2, 3), int), quality={}, ok=True,
+            message="fit", body="smpl",
+            params={"gender": np.array("female"), "betas": betas, "scale": np.float32(1.5),
+                    "source": "registration", "label": np.array(b"bytes"), "steps": 3})
+        return closed, fit
+
+    prepare = types.ModuleType("inference.body.prepare")
+    prepare.prepare_arrays = prepare_arrays
+    monkeypatch.setitem(sys.modules, "inference.body.prepare", prepare)
+    vertices = np.random.default_rng(5).random((20, 3), dtype=np.float32)
+    fields, arrays = fit_body({"body": "smpl"}, {"vertices": vertices}, JobContext())
+    assert fields["params"] == {"gender": "female", "source": "registration", "label": "bytes",
+                                "steps": 3}
+    assert all(type(v) in (str, int) for v in fields["params"].values())
+    np.testing.assert_array_equal(arrays["param_betas"], betas)
+    assert arrays["param_scale"] == np.float32(1.5) and arrays["param_steps"] == 3
+    assert not {"param_gender", "param_source", "param_label"} & set(arrays)
+    for a in arrays.values():
+        wire_array(a)  # everything returned as an array can travel
+
+
 def test_restrict_to_garments_moves_excluded_labels():
     from inference.jobs import restrict_to_garments
 
