@@ -379,8 +379,8 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
     path = Path(spec).expanduser()
     if not path.is_file():
         names = ", ".join(PROJECT_NAMES)
-        raise CheckpointError(f"no checkpoint at {path}",
-                              f"give a .pth, a .safetensors or one of: {names}")
+        raise CheckpointError(f"no checkpoint at {path} (file not found)",
+                              f"choose an existing .pth, .safetensors or one of: {names}")
     if path.suffix not in (".pth", ".pt", ".safetensors"):
         raise CheckpointError(f"{path.name}: unknown checkpoint type {path.suffix!r}",
                               "use a published .pth (with _cfg.yaml) or a native .safetensors")

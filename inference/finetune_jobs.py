@@ -18,7 +18,7 @@ from close_blender.corrections import REQUIRED_KEYS
 from close_blender.errors import CloseError, ScanError
 from close_blender.scan_io import load_scan, scan_paths
 
-from .jobs import Arrays, Fields, JobContext, job
+from .jobs import CHOOSE_CHECKPOINT, Arrays, Fields, JobContext, job
 
 # (stage text prefix, start, end) of the overall progress bar
 _PHASES = (("making the replay set", 0.0, 0.1), ("evaluating (before)", 0.1, 0.2),
@@ -81,7 +81,7 @@ def finetune_job(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
 
     checkpoint = params.get("checkpoint")
     if not checkpoint:
-        raise CloseError("no checkpoint to start from", "choose one in the add-on preferences")
+        raise CloseError("no checkpoint to start from", CHOOSE_CHECKPOINT)
     models = params.get("models_dir")
     if not models:
         raise CloseError("no folder for model versions was given",

@@ -39,6 +39,9 @@ Handler = Callable[[dict, Arrays, "JobContext"], "tuple[Fields, Arrays] | Fields
 
 JOBS: dict[str, Handler] = {}
 
+# Jobs come from Blender and from command-line tools: name both places a checkpoint is set.
+CHOOSE_CHECKPOINT = "choose a checkpoint in the CloSe panel or the add-on preferences"
+
 PACKAGES = ("numpy", "torch", "anny", "trimesh", "scipy", "safetensors", "smplx", "yaml", "PIL")
 
 
@@ -274,23 +277,10 @@ def release(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
 # -- segmentation -------------------------------------------------------------
 
 def _resolve_device(device: str | None) -> str:
-    """A concrete torch device name for "auto"/None (CUDA, then MPS, then CPU)."""
-    try:
-        from inference.devices import pick_device  # checks explicit devices too
-    except ImportError:
-        pick_device = None
-    if pick_device is not None:
-        return str(pick_device(device or "auto"))
-    if device and device != "auto":
-        return device
-    import torch
+    """A concrete, checked torch device name for "auto"/None (CUDA, then MPS, then CPU)."""
+    from inference.devices import pick_device
 
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+    return str(pick_device(device or "auto"))
 
 
 def _scan_inputs(arrays: Arrays) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, list[str]]:
@@ -347,18 +337,10 @@ def _garments_param(value: Any) -> tuple[np.ndarray, bool]:
 
 def _load_predictor(ctx: JobContext, checkpoint: str, device: str, chunk_size: int):
     """(LoadedCheckpoint, Predictor), cached by checkpoint file, mtime and device."""
-    from inference.checkpoints import load_checkpoint
+    from inference.checkpoints import load_checkpoint, resolve_checkpoint
     from inference.predictor import Predictor
 
-    try:
-        from inference.checkpoints import resolve_checkpoint
-
-        path = resolve_checkpoint(checkpoint)
-    except ImportError:
-        path = Path(checkpoint).expanduser()
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {checkpoint!r} not found",
-                              "choose a checkpoint file in the add-on preferences")
+    path = resolve_checkpoint(checkpoint)  # CheckpointError naming what is missing or wrong
     key = ModelCache.file_key(path, device, chunk_size)
 
     def load():
@@ -476,7 +458,7 @@ def segment(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arra
     """
     checkpoint = params.get("checkpoint")
     if not checkpoint:
-        raise CheckpointError("no checkpoint was given", "choose one in the add-on preferences")
+        raise CheckpointError("no checkpoint was given", CHOOSE_CHECKPOINT)
     garments, auto = _garments_param(params.get("garments", "auto"))
     passes = max(1, int(params.get("passes", 1)))
     min_share = float(params.get("auto_min_share", 0.01))

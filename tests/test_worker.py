@@ -534,7 +534,10 @@ def _fake_model_modules(monkeypatch, tmp_path, network: bool = True):
                                     message="good fit", body="anny", params={})
         return closed, fit
 
+    from inference.checkpoints import resolve_checkpoint  # the real checks, before the stand-in
+
     checkpoints = types.ModuleType("inference.checkpoints")
+    checkpoints.resolve_checkpoint = resolve_checkpoint
     checkpoints.load_checkpoint = lambda spec: types.SimpleNamespace(
         model=None, path=Path(spec), sha256="abc")
     predictor = types.ModuleType("inference.predictor")
@@ -635,6 +638,16 @@ def test_segment_bad_input_is_a_user_error(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         segment({"checkpoint": str(tmp_path / "missing.pth"), "device": "cpu"},
                 {"vertices": np.zeros((3, 3))}, ctx)
+    other = tmp_path / "weights.bin"
+    other.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="unknown checkpoint type"):
+        segment({"checkpoint": str(other), "device": "cpu"},
+                {"vertices": np.zeros((3, 3))}, ctx)
+    with pytest.raises(CloseError, match="unknown device"):
+        segment({"checkpoint": str(ckpt), "device": "tpu"}, {"vertices": np.zeros((3, 3))}, ctx)
+    with pytest.raises(CheckpointError) as info:
+        segment({}, {"vertices": np.zeros((3, 3))}, ctx)
+    assert "CloSe panel" in info.value.hint and "add-on preferences" in info.value.hint
 
 
 @pytest.mark.slow
