@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .labels import CLASS_NAMES, N_CLASSES, PALETTE
+from .labels import CLASS_NAMES, N_CLASSES, PALETTE, UNLABELLED_COLOR
 from .mesh_graph import Adjacency, connected_components, same_value_components, within_radius
 
 
@@ -355,6 +355,16 @@ def snap_colors(colors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return best.astype(np.int64), np.sqrt(d2[np.arange(len(c)), best])
 
 
+def is_unlabelled_color(colors: np.ndarray, tolerance: float = 1.0 / 255.0) -> np.ndarray:
+    """(V,) bool: the colour is the grey shown on unlabelled vertices.
+
+    The tolerance of one 8-bit step also accepts the grey stored in a byte
+    colour layer (127 or 128 of 255); no class colour is that close to it.
+    """
+    c = np.asarray(colors, dtype=np.float32)[:, :3]
+    return (np.abs(c - np.asarray(UNLABELLED_COLOR, np.float32)) < tolerance).all(axis=1)
+
+
 def snap_paint(painted_colors: np.ndarray, labels: np.ndarray,
                max_distance: float | None = None) -> tuple[np.ndarray, ChangeReport]:
     """Labels from colours painted over the class colours.
@@ -362,11 +372,13 @@ def snap_paint(painted_colors: np.ndarray, labels: np.ndarray,
     Each vertex takes the class whose palette colour is nearest to its painted
     sRGB colour (ties: lowest index). With ``max_distance``, a vertex whose
     colour is farther than that from every class colour keeps its label (so
-    stray colours never relabel anything silently).
+    stray colours never relabel anything silently). An unlabelled vertex (-1)
+    still showing the unlabelled grey was not painted and stays unlabelled.
     """
     old = _labels(labels)
     cls, dist = snap_colors(painted_colors)
     new = cls if max_distance is None else np.where(dist <= max_distance, cls, old)
+    new = np.where((old < 0) & is_unlabelled_color(painted_colors), old, new)
     return new.astype(np.int64), ChangeReport.between(old, new)
 
 

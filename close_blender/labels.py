@@ -37,7 +37,7 @@ PALETTE: np.ndarray = np.array(
         (0, 0, 128),      # Pants
         (70, 240, 240),   # ShortPants
         (128, 128, 0),    # Shoes
-        (128, 128, 128),  # Hoodies
+        (170, 255, 195),  # Hoodies (mint: never the neutral grey of unlabelled vertices)
         (100, 60, 20),    # Hair
         (0, 128, 128),    # Swimwear
         (250, 190, 212),  # Underwear
@@ -48,6 +48,10 @@ PALETTE: np.ndarray = np.array(
     dtype=np.uint8,
 )
 PALETTE.setflags(write=False)
+
+# sRGB colour (0-1) the label colour layer shows on unlabelled vertices (label -1).
+# It is neutral grey, and no class colour is: painting it back never means a class.
+UNLABELLED_COLOR: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 GROUP_PREFIX = "CloSe_"
 

@@ -7,7 +7,7 @@ import pytest
 from test_mesh_graph import grid_mesh
 
 from close_blender import editing
-from close_blender.labels import PALETTE, class_index
+from close_blender.labels import PALETTE, UNLABELLED_COLOR, class_index
 from close_blender.mesh_graph import Adjacency, same_value_components
 
 SHIRT, JACKET, BODY, PANTS, HAT = (class_index(n) for n in ("Shirt", "Jacket", "Body", "Pants", "Hat"))
@@ -200,12 +200,39 @@ def test_snap_paint_round_trip_and_threshold() -> None:
     new, rep = editing.snap_paint(painted, labels)
     assert new.tolist() == [SHIRT, JACKET, BODY, HAT]
     assert rep.summary() == "2 vertices: 1 Shirt -> Jacket, 1 Pants -> Hat"
-    painted[2] = (0.5, 0.5, 0.52)  # a stray grey (Hoodies is 128/255 grey)
+    painted[2] = (0.5, 0.5, 0.52)  # a stray grey, far from every class colour
     new, _ = editing.snap_paint(painted, labels, max_distance=0.01)
     assert new[2] == BODY and new[1] == SHIRT and new[3] == HAT
     # RGBA input is fine
     new, _ = editing.snap_paint(np.concatenate([colors, np.ones((4, 1))], 1), labels)
     assert np.array_equal(new, labels)
+
+
+def test_snap_paint_keeps_unpainted_unlabelled_vertices() -> None:
+    """Sync from Paint: unlabelled vertices show grey, which must never become a class."""
+    labels = np.array([-1, -1, -1, -1, SHIRT])
+    painted = np.array([UNLABELLED_COLOR,                 # untouched unlabelled vertex
+                        (127 / 255, 127 / 255, 127 / 255),  # the same grey in a byte layer
+                        PALETTE[JACKET] / 255.0,           # unlabelled, painted Jacket
+                        (0.5, 0.5, 0.52),                  # unlabelled, a stray grey
+                        UNLABELLED_COLOR], np.float32)     # labelled, painted grey
+    new, rep = editing.snap_paint(painted, labels)
+    assert new[:3].tolist() == [-1, -1, JACKET] and new[3] >= 0 and new[4] >= 0
+    new, rep = editing.snap_paint(painted, labels, max_distance=0.05)
+    assert new.tolist() == [-1, -1, JACKET, -1, SHIRT]
+    assert rep.n_changed == 1
+    assert editing.is_unlabelled_color(painted).tolist() == [True, True, False, False, True]
+
+
+def test_no_class_colour_is_the_unlabelled_grey() -> None:
+    pal = PALETTE.astype(np.float32) / 255.0
+    assert not editing.is_unlabelled_color(pal).any()
+    # far from grey and from each other, so neither painting nor the viewport confuses them
+    assert np.sqrt(((pal - np.asarray(UNLABELLED_COLOR)) ** 2).sum(1)).min() > 0.25
+    d = np.sqrt(((pal[:, None] - pal[None]) ** 2).sum(-1)) + np.eye(len(pal))
+    assert d.min() > 0.15
+    cls, _ = editing.snap_colors(pal)
+    assert cls.tolist() == list(range(len(pal)))
 
 
 def test_labels_from_groups_conflict_rule() -> None:
