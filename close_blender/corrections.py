@@ -44,7 +44,6 @@ TRASH_DIR = ".trash"
 FORMAT = "close-blender-correction"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("points", "normals", "colors", "canon_pose", "labels")
-EXTRA_KEYS = ("changed", "predicted_labels", "provenance")
 
 
 @dataclass

@@ -122,10 +122,3 @@ def label_colors(labels: np.ndarray, alpha: bool = False) -> np.ndarray:
         colors = np.concatenate([colors, np.ones((len(colors), 1), np.float32)], axis=1)
     return colors
 
-
-def nearest_class_by_color(colors: np.ndarray) -> np.ndarray:
-    """Class whose palette colour is nearest to each colour (N, 3) in [0, 1]."""
-    colors = np.asarray(colors, dtype=np.float32)[:, :3]
-    palette = PALETTE.astype(np.float32) / 255.0
-    d = ((colors[:, None, :] - palette[None, :, :]) ** 2).sum(-1)
-    return d.argmin(axis=1).astype(np.int64)
