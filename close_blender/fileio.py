@@ -12,10 +12,47 @@ from pathlib import Path
 import numpy as np
 
 
-def _umask() -> int:
+def _read_umask() -> int:
+    """The process umask. Linux shows it in /proc without changing it; elsewhere it is
+    set and restored, which is why this runs once, at import, before worker threads."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+_FILE_MODE = 0o666 & ~_UMASK  # what open() would give a new file
+
+
+def _publish_new(tmp: Path, target: Path) -> None:
+    """Move the finished ``tmp`` to ``target`` only if ``target`` does not exist.
+
+    A hard link is atomic and refuses an existing name. exFAT/FAT and some
+    network shares cannot link (EPERM, ENOTSUP, ...): there the name is claimed
+    with an exclusive create, which is just as strict about an existing file,
+    and the data replaces that empty placeholder.
+    """
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
+        os.close(fd)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            target.unlink(missing_ok=True)  # never leave the empty placeholder behind
+            raise
+    else:
+        tmp.unlink()
 
 
 @contextlib.contextmanager
@@ -32,7 +69,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; files follow the umask
+    os.chmod(tmp_path, _FILE_MODE)  # mkstemp makes 0600; files follow the umask
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -40,8 +77,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
         if overwrite:
             os.replace(tmp_path, target)
         else:
-            os.link(tmp_path, target)  # fails if target appeared meanwhile
-            tmp_path.unlink()
+            _publish_new(tmp_path, target)  # fails if target appeared meanwhile
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
