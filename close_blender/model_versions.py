@@ -25,7 +25,7 @@ from .fileio import write_bytes_atomic
 
 MODELS_DIR = "models"
 ACTIVE_FILE = "active.json"
-META_KEY = "close_blender"
+META_KEY = "close_blender"  # safetensors metadata key of our JSON; inference.checkpoints uses it
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the header size
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}

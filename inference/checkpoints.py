@@ -16,7 +16,6 @@ overwritten, so a checkpoint's sha256 identifies it for good.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -30,11 +29,11 @@ from close_blender.canonical import CANONICAL_FRAME_ID
 from close_blender.errors import CheckpointError
 from close_blender.fileio import atomic_path
 from close_blender.labels import CLASS_NAMES, PALETTE
+from close_blender.model_versions import META_KEY, file_sha256
 from inference.closenet import CloseNet, CloseNetConfig
 
 NATIVE_FORMAT = "close-blender-closenet"
 NATIVE_VERSION = 1
-META_KEY = "close_blender"
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 PROJECT_NAMES = {"default": MODELS_DIR / "default.safetensors"}
 
@@ -207,12 +206,7 @@ def build_model(config: CloseNetConfig, state: dict[str, torch.Tensor]) -> Close
 # ---------------------------------------------------------------- helpers
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256_file = file_sha256  # the core's (cached per path, size and mtime); old name kept
 
 
 def cfg_path_for(pth: Path) -> Path:
@@ -275,7 +269,7 @@ def load_published(path: str | os.PathLike) -> LoadedCheckpoint:
     mapped = map_published_state(state, model)
     model = build_model(config, mapped)
     meta = default_meta(config, source=f"published:{pth.name}")
-    return LoadedCheckpoint(model, config, meta, pth, sha256_file(pth))
+    return LoadedCheckpoint(model, config, meta, pth, file_sha256(pth))
 
 
 def export_published(native_path: str | os.PathLike, out_pth_path: str | os.PathLike) -> None:
@@ -329,7 +323,7 @@ def save_native(path: str | os.PathLike, model: CloseNet, config: CloseNetConfig
     except FileExistsError:
         raise CheckpointError(f"{target} exists and checkpoints are never overwritten",
                               "choose a new name") from None
-    return sha256_file(target)
+    return file_sha256(target)
 
 
 def load_native(path: str | os.PathLike) -> LoadedCheckpoint:
@@ -359,7 +353,7 @@ def load_native(path: str | os.PathLike) -> LoadedCheckpoint:
     config = CloseNetConfig.from_dict(meta.get("architecture") or {})
     model = CloseNet(config)
     check_native_state(state, model)
-    return LoadedCheckpoint(build_model(config, state), config, meta, p, sha256_file(p))
+    return LoadedCheckpoint(build_model(config, state), config, meta, p, file_sha256(p))
 
 
 # ---------------------------------------------------------------- entry points

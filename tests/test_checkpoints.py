@@ -180,6 +180,19 @@ def test_native_metadata_is_checked(tmp_path, published):
         load_native(newer)
 
 
+def test_one_hash_and_one_metadata_key_for_core_and_inference(tmp_path):
+    import hashlib
+
+    from close_blender import model_versions
+    from inference import checkpoints
+
+    assert checkpoints.META_KEY == model_versions.META_KEY == "close_blender"
+    assert checkpoints.sha256_file is model_versions.file_sha256
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"weights" * 1000)
+    assert checkpoints.sha256_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
 def test_resolve(tmp_path):
     with pytest.raises(CheckpointError, match="bundled"):
         resolve_checkpoint("default")
