@@ -273,23 +273,42 @@ def load_published(path: str | os.PathLike) -> LoadedCheckpoint:
 
 
 def export_published(native_path: str | os.PathLike, out_pth_path: str | os.PathLike) -> None:
-    """Write a native checkpoint as the published pair ``NAME.pth`` + ``NAME_cfg.yaml``."""
+    """Write a native checkpoint as the published pair ``NAME.pth`` + ``NAME_cfg.yaml``.
+
+    Like every checkpoint, neither file ever replaces an existing one.
+    """
     import yaml
 
-    ckpt = load_native(native_path)
     out = Path(out_pth_path)
     if out.suffix != ".pth":
         raise CheckpointError(f"{out.name} must end in .pth")
+    cfg_out = cfg_path_for(out)
+
+    def exists_error(path: Path) -> CheckpointError:
+        return CheckpointError(f"{path} exists and checkpoints are never overwritten",
+                               "choose a new name for the exported checkpoint")
+
+    for path in (out, cfg_out):
+        if path.exists():
+            raise exists_error(path)
+    ckpt = load_native(native_path)
     state: dict[str, torch.Tensor] = {}
     for key, value in ckpt.model.state_dict().items():
         for pub in native_to_published_keys(key):
             state[pub] = value.detach().clone().contiguous()
     cfg = {"model": "closenet_dgcnn", "model_arch": ckpt.config.to_model_arch(),
            "data": {"n_classes": ckpt.config.n_classes, "pointcloud_samples": 2048}}
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
-    with atomic_path(cfg_path_for(out)) as tmp:
-        tmp.write_text(yaml.safe_dump(cfg, sort_keys=True), encoding="utf-8")
+    try:
+        with atomic_path(out, overwrite=False) as tmp:
+            torch.save(state, tmp)
+    except FileExistsError:
+        raise exists_error(out) from None
+    try:
+        with atomic_path(cfg_out, overwrite=False) as tmp:
+            tmp.write_text(yaml.safe_dump(cfg, sort_keys=True), encoding="utf-8")
+    except FileExistsError:
+        out.unlink(missing_ok=True)  # ours, just written: no .pth without its own config
+        raise exists_error(cfg_out) from None
 
 
 # ---------------------------------------------------------------- native format

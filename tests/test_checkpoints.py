@@ -165,6 +165,45 @@ def test_export_published_round_trip(tmp_path, published, state):
     assert torch.equal(_logits(again.model), _logits(published.model))
 
 
+def test_export_published_never_overwrites(tmp_path, published):
+    native = tmp_path / "m.safetensors"
+    save_native(native, published.model, published.config, {})
+    out = tmp_path / "exported.pth"
+    export_published(native, out)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(CheckpointError, match="never overwritten") as info:
+        export_published(native, out)
+    assert info.value.hint
+    # a config left from another export blocks too, and no lone .pth is written
+    other = tmp_path / "other.pth"
+    (tmp_path / "other_cfg.yaml").write_text("model_arch: {}\n")
+    with pytest.raises(CheckpointError, match="other_cfg.yaml exists"):
+        export_published(native, other)
+    assert not other.exists()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "other_cfg.yaml"} \
+        == before
+
+
+def test_export_published_race_keeps_the_other_file(tmp_path, published, monkeypatch):
+    """A file that appears after the first check is still never replaced."""
+    from inference import checkpoints
+
+    native = tmp_path / "m.safetensors"
+    save_native(native, published.model, published.config, {})
+    out = tmp_path / "late.pth"
+    real = checkpoints.load_native
+
+    def load_then_someone_writes(path):
+        loaded = real(path)
+        out.write_bytes(b"theirs")
+        return loaded
+
+    monkeypatch.setattr(checkpoints, "load_native", load_then_someone_writes)
+    with pytest.raises(CheckpointError, match="never overwritten"):
+        export_published(native, out)
+    assert out.read_bytes() == b"theirs" and not (tmp_path / "late_cfg.yaml").exists()
+
+
 def test_native_metadata_is_checked(tmp_path, published):
     from safetensors.torch import save_file
 
