@@ -22,9 +22,12 @@ centers        (3,) f64     bounding-box centre of the original mesh (m)
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -131,21 +134,15 @@ def save_scan(path: str | os.PathLike, arrays: dict[str, np.ndarray],
     save_npz_atomic(path, arrays)
 
 
-def _unpack_zip(path: Path) -> list[Path]:
-    """The ``.npz`` members of a zip (e.g. an exported corrections library),
-    extracted into a temporary folder removed when the process ends."""
-    import atexit
-    import shutil
-    import tempfile
-
+def _extract_npz_members(path: Path, folder: Path) -> list[Path]:
+    """Extract the ``.npz`` members of the zip ``path`` (e.g. an exported corrections
+    library) flat into the existing ``folder``; a bad zip is a ScanError."""
     try:
         with zipfile.ZipFile(path) as zf:
             members = [m for m in zf.infolist() if not m.is_dir()
                        and m.filename.lower().endswith(".npz")
                        and not Path(m.filename).name.startswith(".")
                        and "__MACOSX" not in m.filename]
-            folder = Path(tempfile.mkdtemp(prefix="close-zip-"))
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
             out = []
             for i, m in enumerate(sorted(members, key=lambda m: m.filename)):
                 name = Path(m.filename).name  # never a path outside the folder
@@ -161,16 +158,24 @@ def _unpack_zip(path: Path) -> list[Path]:
     return out
 
 
-def scan_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files, directories and ``.zip`` archives into a list of ``.npz`` files
-    (sorted within each directory or zip)."""
+def _unpack_zip_until_exit(path: Path) -> list[Path]:
+    """Extract into a temporary folder removed when the interpreter exits normally."""
+    import atexit
+
+    folder = Path(tempfile.mkdtemp(prefix="close-zip-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return _extract_npz_members(path, folder)
+
+
+def _expand(paths: Iterable[str | os.PathLike],
+            unpack: Callable[[Path], list[Path]]) -> list[Path]:
     out: list[Path] = []
     for item in paths:
         p = Path(item)
         if p.is_dir():
             out.extend(sorted(p.glob("*.npz")))
         elif p.is_file() and p.suffix.lower() == ".zip":
-            out.extend(_unpack_zip(p))
+            out.extend(unpack(p))
         elif p.is_file():
             out.append(p)
         else:
@@ -178,3 +183,40 @@ def scan_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     if not out:
         raise ScanError("no .npz scans found", "give CloSe-D .npz files or folders holding them")
     return out
+
+
+@contextlib.contextmanager
+def expanded_scan_paths(paths: Iterable[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Like :func:`scan_paths`, with zips extracted into a temporary folder that is
+    removed when the ``with`` block ends (also on errors and cancel).
+
+    Use it wherever zips may be read: the caller owns the files' lifetime, so
+    nothing is left behind by a process that never exits normally (the worker
+    ends with ``os._exit``) or that reads many archives.
+    """
+    with contextlib.ExitStack() as stack:
+        root: Path | None = None  # made on the first zip only
+        zips = 0
+
+        def unpack(zip_path: Path) -> list[Path]:
+            nonlocal root, zips
+            if root is None:
+                root = Path(stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="close-zip-", ignore_cleanup_errors=True)))
+            zips += 1
+            folder = root / str(zips)  # a folder per zip: equal member names never clash
+            folder.mkdir()
+            return _extract_npz_members(zip_path, folder)
+
+        yield _expand(paths, unpack)
+
+
+def scan_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files, directories and ``.zip`` archives into a list of ``.npz`` files
+    (sorted within each directory or zip).
+
+    A zip's files stay until the interpreter exits normally, which suits a
+    command-line run; everything else (the worker, long-lived code) must read
+    zips through :func:`expanded_scan_paths`.
+    """
+    return _expand(paths, _unpack_zip_until_exit)

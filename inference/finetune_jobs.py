@@ -10,13 +10,14 @@ metrics and flag. Activation is Blender's decision (not when flagged).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
 
 from close_blender.corrections import REQUIRED_KEYS
 from close_blender.errors import CloseError, ScanError
-from close_blender.scan_io import load_scan, scan_paths
+from close_blender.scan_io import expanded_scan_paths, load_scan, scan_paths
 
 from .jobs import CHOOSE_CHECKPOINT, Arrays, Fields, JobContext, job
 
@@ -34,8 +35,12 @@ def _progress(ctx: JobContext):
     return report
 
 
-def usable_files(paths: list[str]) -> tuple[list[Path], list[str]]:
-    """(correction files that load as training data, warnings naming the others)."""
+def usable_files(paths: list[str] | list[Path]) -> tuple[list[Path], list[str]]:
+    """(correction files that load as training data, warnings naming the others).
+
+    ``paths`` are files or folders; a zip must be expanded by the caller
+    (:func:`expanded_scan_paths`), who then owns the extracted files' lifetime.
+    """
     good: list[Path] = []
     warnings: list[str] = []
     for f in scan_paths(paths):
@@ -77,8 +82,6 @@ def finetune_job(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
     files for evaluation only), ``replay`` (replay-set folder, default
     ``<models_dir>/replay``), ``name`` (version name, default ``finetuned`` like the CLI).
     """
-    from inference.finetune import finetune
-
     checkpoint = params.get("checkpoint")
     if not checkpoint:
         raise CloseError("no checkpoint to start from", CHOOSE_CHECKPOINT)
@@ -94,10 +97,22 @@ def finetune_job(params: dict, arrays: Arrays, ctx: JobContext) -> Fields:
     options = dict(params.get("options") or {})
     cfg = finetune_config(options)
     ctx.progress(0.0, "Checking the corrections")
-    files, warnings = usable_files(sources)
-    heldout_extra, more = usable_files(list(options["heldout"])) if options.get("heldout") \
-        else ([], [])
-    warnings += more
+    with contextlib.ExitStack() as unpacked:  # zips are extracted for this job only
+        files, warnings = usable_files(unpacked.enter_context(expanded_scan_paths(sources)))
+        heldout_extra: list[Path] = []
+        if options.get("heldout"):
+            heldout_extra, more = usable_files(unpacked.enter_context(
+                expanded_scan_paths(list(options["heldout"]))))
+            warnings += more
+        return _finetune_round(ctx, cfg, options, checkpoint, models, files, heldout_extra,
+                               warnings)
+
+
+def _finetune_round(ctx: JobContext, cfg, options: dict, checkpoint: str, models: str,
+                    files: list[Path], heldout_extra: list[Path], warnings: list[str]) -> Fields:
+    """The fine-tuning round itself, on checked correction files."""
+    from inference.finetune import finetune
+
     holdout = int(options.get("holdout") or 0)
     heldout = list(heldout_extra)
     if holdout > 0:

@@ -11,7 +11,7 @@ import pytest
 from close_blender import corrections as corr
 from close_blender.errors import CloseError, ScanError
 from close_blender.labels import CLASS_NAMES
-from close_blender.scan_io import load_scan, scan_paths
+from close_blender.scan_io import expanded_scan_paths, load_scan, scan_paths
 
 
 def _arrays(n: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
@@ -172,6 +172,65 @@ def test_scan_paths_zip_is_safe_and_bad_zip_is_reported(tmp_path) -> None:
     bad.write_bytes(b"nope")
     with pytest.raises(ScanError, match="not a readable zip"):
         scan_paths([bad])
+
+
+def _library(tmp_path, name: str = "library"):
+    """Two saved corrections and their exported zip."""
+    a = corr.save_correction(tmp_path / "data", _arrays(seed=1), PROV)
+    b = corr.save_correction(tmp_path / "data", _arrays(seed=2), {**PROV, "object_name": "other"})
+    return a, b, corr.export_corrections(tmp_path / "data", tmp_path / name).path
+
+
+def test_expanded_scan_paths_removes_the_extracted_files(tmp_path) -> None:
+    """The worker ends with os._exit, so zips are extracted for a with block, not a process."""
+    a, b, zipped = _library(tmp_path)
+    other = _library(tmp_path / "second", "other")[2]  # equal member names in two zips
+    with expanded_scan_paths([zipped, other, a.parent]) as files:
+        assert len(files) == 6 and len(set(files)) == 6 and all(f.is_file() for f in files)
+        extracted = [f for f in files if f.parent != a.parent]
+        assert len(extracted) == 4 and len({f.parent for f in extracted}) == 2
+        assert sorted(f.name for f in extracted[:2]) == sorted([a.name, b.name])
+        assert np.array_equal(load_scan(extracted[0], require=corr.REQUIRED_KEYS)["labels"],
+                              load_scan(a if extracted[0].name == a.name else b,
+                                        require=("points",))["labels"])
+    assert not any(f.exists() for f in extracted) and not extracted[0].parent.parent.exists()
+    assert a.is_file() and b.is_file()  # only what it extracted is removed
+
+    with pytest.raises(RuntimeError), expanded_scan_paths([zipped]) as files:
+        raise RuntimeError("a failed job")
+    assert not files[0].parent.exists()
+    with expanded_scan_paths([a]) as files:  # files and folders need no temporary folder
+        assert files == [a]
+    with pytest.raises(ScanError, match="no .npz"), expanded_scan_paths([tmp_path / "second"]):
+        pass
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ScanError, match="not a readable zip"), expanded_scan_paths([a, bad]):
+        pass
+
+
+def test_finetune_job_reads_zips_only_while_it_runs(tmp_path, monkeypatch) -> None:
+    finetune_mod = pytest.importorskip("inference.finetune")
+    from types import SimpleNamespace
+
+    from inference.finetune_jobs import finetune_job
+    from inference.jobs import JobContext
+
+    a, b, zipped = _library(tmp_path)
+    seen = {}
+
+    def fake_finetune(checkpoint, files, out_dir, *, heldout=(), **kwargs):
+        seen["files"], seen["heldout"] = list(files), list(heldout)
+        assert all(f.is_file() for f in (*files, *heldout))
+        return SimpleNamespace(path=tmp_path / "v.safetensors", sha256="0" * 64, flagged=False,
+                               flag_reason="", metrics={}, timing={})
+
+    monkeypatch.setattr(finetune_mod, "finetune", fake_finetune)
+    fields = finetune_job({"checkpoint": "parent.safetensors", "corrections": str(zipped),
+                           "models_dir": str(tmp_path / "models"),
+                           "options": {"heldout": [str(zipped)]}}, {}, JobContext())
+    assert sorted(fields["files"]) == sorted([a.name, b.name]) and len(seen["heldout"]) == 2
+    assert not any(f.exists() for f in (*seen["files"], *seen["heldout"]))
 
 
 def test_change_counts_names_unlabelled_predictions() -> None:

@@ -19,19 +19,25 @@ ORDER = 30
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="labelled CloSe-D .npz files or folders holding them")
+                        help="labelled CloSe-D .npz files, folders or zips holding them")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     add_prediction_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..labels import CLASS_NAMES
-    from ..metrics import aggregate, scan_metrics
-    from ..scan_io import LABELLED_KEYS, load_scan, scan_paths
+    from ..scan_io import expanded_scan_paths
 
-    paths = scan_paths(args.paths)
+    with expanded_scan_paths(args.paths) as paths:  # zips are extracted for this run only
+        return _evaluate(args, paths)
+
+
+def _evaluate(args: argparse.Namespace, paths: list) -> int:
     from inference.checkpoints import load_checkpoint
     from inference.predictor import Predictor
+
+    from ..labels import CLASS_NAMES
+    from ..metrics import aggregate, scan_metrics
+    from ..scan_io import LABELLED_KEYS, load_scan
 
     ckpt = load_checkpoint(args.checkpoint)
     predictor = Predictor(ckpt.model, device=args.device, chunk_size=args.chunk_size)

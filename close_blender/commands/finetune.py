@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="starting checkpoint: .pth (with _cfg.yaml), .safetensors or "
                              "a project name like default")
     parser.add_argument("--corrections", nargs="+", required=True,
-                        help="corrected scans: .npz files or folders")
+                        help="corrected scans: .npz files, folders or zips")
     parser.add_argument("--out", required=True, help="folder for the model versions")
     parser.add_argument("--name", default="finetuned", help="version name prefix")
     parser.add_argument("--heldout", nargs="+", default=[],
@@ -44,10 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import json
     from pathlib import Path
 
     from ..errors import CloseError
+    from ..scan_io import expanded_scan_paths
 
     if args.steps is not None and args.steps < 1:
         raise CloseError(f"--steps must be at least 1, not {args.steps}")
@@ -60,9 +62,13 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(cfg, key, value)
     out = Path(args.out)
-    res = finetune(args.checkpoint, args.corrections, out, name=args.name,
-                   heldout=args.heldout, replay=args.replay, cfg=cfg,
-                   progress=None if args.json else TextBar())
+    with contextlib.ExitStack() as unpacked:  # zips are extracted for this run only
+        corrections = unpacked.enter_context(expanded_scan_paths(args.corrections))
+        heldout = unpacked.enter_context(expanded_scan_paths(args.heldout)) \
+            if args.heldout else []
+        res = finetune(args.checkpoint, corrections, out, name=args.name,
+                       heldout=heldout, replay=args.replay, cfg=cfg,
+                       progress=None if args.json else TextBar())
     activated = False
     if not res.flagged and not args.no_activate:
         from ..model_versions import MODELS_DIR, activate

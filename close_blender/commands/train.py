@@ -18,7 +18,7 @@ ORDER = 40
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", nargs="+", help="training scans: .npz files or folders")
+    parser.add_argument("data", nargs="+", help="training scans: .npz files, folders or zips")
     parser.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
     parser.add_argument("--config", help="YAML with model: and train: sections "
                                          "(default: the published architecture)")
@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import sys
     from pathlib import Path
 
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     from inference.training import TextBar, train_command
 
+    from ..scan_io import expanded_scan_paths
+
     def log(text: str) -> None:
         print(("\n" if not args.quiet else "") + text, file=sys.stderr, flush=True)
 
@@ -64,10 +67,16 @@ def run(args: argparse.Namespace) -> int:
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "threads": args.threads}.items() if v is not None}
-    result = train_command(
-        args.data, out, config_path=args.config, init=args.init, val=args.val,
-        test=args.test, overrides=overrides, augment=not args.no_augment,
-        resume=args.resume, progress=None if args.quiet else TextBar(), log=log)
+    with contextlib.ExitStack() as unpacked:  # zips are extracted for this run only
+
+        def files(paths: list[str]) -> list:
+            return unpacked.enter_context(expanded_scan_paths(paths)) if paths else []
+
+        result = train_command(
+            files(args.data), out, config_path=args.config, init=args.init,
+            val=files(args.val), test=files(args.test), overrides=overrides,
+            augment=not args.no_augment, resume=args.resume,
+            progress=None if args.quiet else TextBar(), log=log)
     print(f"wrote {out} (sha256 {result['sha256'][:12]})")
     for name in ("val", "test"):
         m = result["metrics"].get(name)
