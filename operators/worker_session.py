@@ -17,19 +17,24 @@ _jobs: list[Job] = []
 
 
 def worker_env(prefs) -> dict[str, str]:
-    """Extra environment for the worker: packages installed for Blender's Python, device."""
-    env = {"CLOSE_DEVICE": prefs.device.lower()}
+    """Extra environment for the worker: the packages installed for Blender's Python.
+    (The device is not part of it: every job names its device, so changing it never
+    restarts the worker.)"""
     if prefs.python_source == "BLENDER":
-        env["PYTHONPATH"] = str(packages_dir())
-    return env
+        return {"PYTHONPATH": str(packages_dir())}
+    return {}
 
 
 def get_client(context=None) -> WorkerClient:
-    """The worker client for the current preferences (the process starts on the first job)."""
+    """The worker client for the current preferences (the process starts on the first job).
+
+    Raises CloseError when the preferences name no usable Python. A new client (and
+    process) only when the chosen Python changes, which stops running jobs.
+    """
     global _client, _client_key
     prefs = get_prefs(context)
     python = worker_python(prefs)
-    key = (python, prefs.python_source, prefs.device)
+    key = (python, prefs.python_source)
     if _client is not None and _client_key != key:
         _client.stop()
         _client = None
