@@ -137,10 +137,17 @@ def packages_dir() -> Path:
 
 
 def worker_python(prefs: ClosePreferences | None = None) -> str:
-    """The executable that runs the worker."""
+    """The executable that runs the worker; raises CloseError when "Other Python" is
+    chosen without a path (never a silent fall-back to Blender's Python)."""
+    from ..close_blender.errors import CloseError
+
     prefs = prefs or get_prefs()
-    if prefs.python_source == "CUSTOM" and prefs.python_path:
-        return bpy.path.abspath(prefs.python_path)
+    if prefs.python_source == "CUSTOM":
+        if not prefs.python_path.strip():
+            raise CloseError("'Other Python' is chosen for the worker but no executable is set",
+                             "set the Python executable in the add-on preferences, or choose "
+                             "Blender's Python")
+        return bpy.path.abspath(prefs.python_path.strip())
     return sys.executable
 
 
