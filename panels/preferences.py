@@ -120,15 +120,30 @@ def data_dir(prefs: ClosePreferences | None = None) -> Path:
     return user_dir("data")
 
 
+def is_checkpoint_path(spec: str) -> bool:
+    """Whether a checkpoint spec is a file path rather than a name like ``default``."""
+    return bool(spec) and (spec.startswith(("//", "~")) or any(c in spec for c in "/\\."))
+
+
+def checkpoint_path(spec: str) -> str:
+    """``spec`` as the worker must get it: a path made absolute (blend-relative ``//``,
+    ``~`` and relative paths resolved here, since the worker runs elsewhere); a name as is."""
+    if not is_checkpoint_path(spec):
+        return spec
+    return os.path.abspath(os.path.expanduser(bpy.path.abspath(spec)))
+
+
 def current_checkpoint(context: bpy.types.Context | None = None, explicit: str = "") -> str:
     """The checkpoint segmentation and fine-tuning start from: an explicit choice, else the
-    scene's, else the active model version of the data folder, else the preferences' default."""
+    scene's Checkpoint field, else the active model version of the data folder, else the
+    preferences' default. Paths come back absolute, names (``default``) unchanged."""
     from ..close_blender.model_versions import active_checkpoint
 
     context = context or bpy.context
     prefs = get_prefs(context)
-    return (explicit or context.scene.close_blender.checkpoint
-            or active_checkpoint(data_dir(prefs)) or prefs.default_checkpoint)
+    spec = (explicit.strip() or context.scene.close_blender.checkpoint.strip()
+            or active_checkpoint(data_dir(prefs)) or prefs.default_checkpoint.strip())
+    return checkpoint_path(spec)
 
 
 def packages_dir() -> Path:

@@ -21,8 +21,10 @@ _DEFAULT_GARMENTS = tuple(name in ("Body", "TShirt", "Pants", "Shoes", "Hair")
 class CloseSceneSettings(bpy.types.PropertyGroup):
     checkpoint: StringProperty(
         name="Checkpoint",
-        description="Model to segment with: empty uses the preferences' default; 'default' is the "
-                    "bundled model; or a published .pth (with _cfg.yaml) or a .safetensors file",
+        description="Model to segment and fine-tune with, overriding the active model version: "
+                    "'default' (the bundled model), a published .pth (with _cfg.yaml) or a "
+                    ".safetensors file. Empty: the active model version, else the preferences' "
+                    "default",
         default="",
     )
     garments: BoolVectorProperty(
