@@ -104,7 +104,10 @@ class WorkerJobOperator:
         return True
 
     def _status(self, context: bpy.types.Context, text: str) -> None:
-        context.scene.close_blender.status = text
+        """Live status: the sidebar reads the window manager's (never saved in the .blend)."""
+        wm = context.window_manager
+        if hasattr(wm, "close_blender_status"):
+            wm.close_blender_status = text
         if context.workspace is not None:
             context.workspace.status_text_set(text or None)
 

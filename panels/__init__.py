@@ -14,8 +14,13 @@ classes: tuple[type, ...] = (*preferences.classes, *sidebar.classes, *editing.cl
 def register_properties() -> None:
     bpy.types.Scene.close_blender = bpy.props.PointerProperty(type=properties.CloseSceneSettings)
     bpy.types.Object.close_blender = bpy.props.PointerProperty(type=properties.CloseObjectResult)
+    # What a running job is doing: on the window manager, so it is never saved in a .blend.
+    bpy.types.WindowManager.close_blender_status = bpy.props.StringProperty(
+        name="CloSe Status", description="What the worker is doing", default="",
+        options={"SKIP_SAVE"})
 
 
 def unregister_properties() -> None:
+    del bpy.types.WindowManager.close_blender_status
     del bpy.types.Object.close_blender
     del bpy.types.Scene.close_blender

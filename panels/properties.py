@@ -1,4 +1,5 @@
-"""Scene-level settings of the CloSe panel (saved with the .blend file)."""
+"""Scene-level settings of the CloSe panel and per-object results (saved with the .blend
+file); the live job status is on the window manager (never saved)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from bpy.props import (
     StringProperty,
 )
 
-from ..close_blender.labels import CLASS_NAMES, DISPLAY_NAMES, N_CLASSES
+from ..close_blender.labels import CLASS_NAMES, N_CLASSES
 
 _DEFAULT_GARMENTS = tuple(name in ("Body", "TShirt", "Pants", "Shoes", "Hair")
                           for name in CLASS_NAMES)
@@ -76,18 +77,9 @@ class CloseSceneSettings(bpy.types.PropertyGroup):
         description="After segmenting, switch the viewport to show the label colours",
         default=True,
     )
-    status: StringProperty(
-        name="Status",
-        description="What the worker is doing",
-        default="",
-    )
 
     def garment_names(self) -> list[str]:
         return [CLASS_NAMES[i] for i in range(N_CLASSES) if self.garments[i]]
-
-
-def display_name(index: int) -> str:
-    return DISPLAY_NAMES[index]
 
 
 class CloseClassStat(bpy.types.PropertyGroup):

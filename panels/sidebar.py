@@ -20,8 +20,9 @@ class CLOSE_PT_main(bpy.types.Panel):
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         settings = context.scene.close_blender
-        if settings.status:
-            layout.label(text=settings.status, icon="INFO")
+        status = getattr(context.window_manager, "close_blender_status", "")
+        if status:
+            layout.label(text=status, icon="INFO")
         obj = context.active_object
         if obj is None or obj.type != "MESH":
             layout.label(text="Select a scan (a mesh object)", icon="ERROR")
