@@ -9,6 +9,7 @@ nothing and the whole change is one undo step.
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,10 +59,18 @@ class WorkerJobOperator:
             self.report({"WARNING"}, f"{task.object_name}: {warning}")
 
     def _apply_all(self, context: bpy.types.Context) -> set[str]:
+        """``apply`` checks everything before it writes; whatever still goes wrong is
+        reported (traceback on the console), never raised into Blender's operator call."""
         try:
             return self.apply(context)
         except CloseError as exc:
             self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        except Exception as exc:  # noqa: BLE001 - a bug must end as a report, not a half-run
+            print(f"CloSe: writing the result of {self.job_label} failed:\n"
+                  + traceback.format_exc())
+            self.report({"ERROR"}, f"{self.job_label} failed while writing the result: "
+                                   f"{type(exc).__name__}: {exc} (details in the console)")
             return {"CANCELLED"}
 
     # -- scripts: run to completion ----------------------------------------------------
@@ -80,8 +89,16 @@ class WorkerJobOperator:
 
     # -- UI: modal, progress in the status bar, Esc cancels ------------------------------
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        return self.start_modal(context)
+
+    def start_modal(self, context: bpy.types.Context) -> set[str]:
+        """Prepare, submit the first job and return RUNNING_MODAL: the jobs then run with
+        progress in the status bar while Blender stays responsive. For ``invoke``, and for
+        an ``execute`` that Blender calls after a file browser opened from the UI."""
         if not self.prepare(context):
             return {"CANCELLED"}
+        if not self.tasks:  # nothing for the worker: write at once
+            return self._apply_all(context)
         self._index = 0
         self._job = None
         self._started = time.monotonic()
