@@ -14,7 +14,7 @@ import bpy
 import numpy as np
 
 from ..close_blender.errors import CloseError
-from .mesh_labels import scan_color_name
+from .mesh_labels import read_color_attribute, scan_color_name
 
 GREY = 0.5
 
@@ -103,29 +103,15 @@ def read_vertex_colors(obj: bpy.types.Object, mesh: bpy.types.Mesh
     """Per-vertex sRGB colours (N, 3): colour attribute, else texture at UVs, else grey."""
     n = len(mesh.vertices)
     name = scan_color_name(mesh)
-    attr = mesh.color_attributes[name] if name else None
-    if attr is not None:
-        return point_colors(mesh, attr)[:, :3], f"attribute:{attr.name}", []
+    colors = read_color_attribute(mesh, name) if name else None
+    if colors is not None:
+        return colors[:, :3], f"attribute:{name}", []
     sampled = _sample_base_color_texture(obj, mesh)
     if sampled is not None:
         return sampled
     return (np.full((n, 3), GREY, np.float32), "grey",
             [f"'{obj.name}' has no colour attribute and no base-colour image texture: "
              "using grey, which makes the labels less reliable"])
-
-
-def point_colors(mesh: bpy.types.Mesh, attr) -> np.ndarray:
-    """(N, 4) sRGB colours of a colour attribute on points (corner colours averaged)."""
-    n = len(mesh.vertices)
-    size = len(attr.data)
-    data = np.empty(size * 4, np.float32)
-    attr.data.foreach_get("color_srgb", data)
-    data = data.reshape(-1, 4)
-    if attr.domain == "POINT":
-        return data
-    loop_vert = np.empty(len(mesh.loops), np.int32)
-    mesh.loops.foreach_get("vertex_index", loop_vert)
-    return _average_per_vertex(loop_vert, data, n)
 
 
 def _average_per_vertex(loop_vert: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
