@@ -26,9 +26,10 @@ import numpy as np
 from mathutils import Matrix
 
 from ..close_blender.errors import CloseError
-from ..panels.preferences import get_prefs
+from .collections import scene_collection
 from .job_runner import Task, WorkerJobOperator
 from .scan_data import Z_UP_TO_Y_UP, check_target, read_scan
+from .scan_jobs import body_params
 from .segment import BODY_COLLECTION, BODY_ITEMS
 
 MODIFIER_NAME = "CloSe Rig"
@@ -82,29 +83,35 @@ def build_armature(context: bpy.types.Context, name: str, names: list[str],
                    matrices: np.ndarray, lengths: np.ndarray, parents: np.ndarray
                    ) -> bpy.types.Object:
     """An Armature object ``name`` whose rest pose is the given skeleton (y-up world
-    frame, converted to Blender's z-up); an existing one of that name is rebuilt."""
+    frame, converted to Blender's z-up); an existing one of that name is rebuilt.
+
+    The object must be in the view layer to enter Edit mode: that is ensured (the
+    "CloSe Bodies" collection shown, a rig moved out of the layer linked back into
+    it) before anything is changed.
+    """
     to_zup = Z_UP_TO_Y_UP.T
-    arm = bpy.data.armatures.new(name)
+    collection = scene_collection(context, BODY_COLLECTION)
     obj = bpy.data.objects.get(name)
     if obj is not None and obj.type == "ARMATURE":
+        if obj.name not in context.view_layer.objects:
+            collection.objects.link(obj)
+        arm = bpy.data.armatures.new(name)
         old = obj.data
         obj.data = arm
         if old.users == 0:
             bpy.data.armatures.remove(old)
     else:
+        arm = bpy.data.armatures.new(name)
         obj = bpy.data.objects.new(name, arm)
-        collection = bpy.data.collections.get(BODY_COLLECTION)
-        if collection is None:
-            collection = bpy.data.collections.new(BODY_COLLECTION)
-            context.scene.collection.children.link(collection)
         collection.objects.link(obj)
     obj.matrix_world = Matrix.Identity(4)
     arm.display_type = "STICK"
     obj.show_in_front = True
     view_layer = context.view_layer
     previous = view_layer.objects.active
-    hidden = obj.hide_get()
+    hidden, disabled = obj.hide_get(), obj.hide_viewport
     obj.hide_set(False)
+    obj.hide_viewport = False
     view_layer.objects.active = obj
     with context.temp_override(active_object=obj, object=obj, selected_objects=[obj]):
         bpy.ops.object.mode_set(mode="EDIT")
@@ -128,6 +135,7 @@ def build_armature(context: bpy.types.Context, name: str, names: list[str],
             bpy.ops.object.mode_set(mode="OBJECT")
     view_layer.objects.active = previous
     obj.hide_set(hidden)
+    obj.hide_viewport = disabled
     return obj
 
 
@@ -212,15 +220,9 @@ class CLOSE_OT_bind_to_body(WorkerJobOperator, bpy.types.Operator):
             if problem:
                 self.report({"ERROR"}, problem)
                 return False
-        settings = context.scene.close_blender
-        body = settings.body_source if self.body == "PANEL" else self.body
         fit_file = bpy.path.abspath(self.fit_file) if self.fit_file else ""
-        params = {
-            "body": body.lower(), "garments": "auto", "top_k": self.top_k,
-            "device": get_prefs(context).device.lower(), "fit_file": fit_file,
-            "smpl_model_dir": bpy.path.abspath(settings.smpl_model_dir) if body == "SMPL" else "",
-            "registration": bpy.path.abspath(settings.smpl_registration) if body == "SMPL" else "",
-        }
+        params = {**body_params(context, self.body), "garments": "auto", "top_k": self.top_k,
+                  "fit_file": fit_file}
         self.tasks = []
         for source, objs in bind_groups(context, targets).items():
             try:

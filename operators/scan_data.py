@@ -34,6 +34,11 @@ class ScanInput:
     color_source: str             # "attribute:<name>", "texture:<image>" or "grey"
     warnings: list[str] = field(default_factory=list)
 
+    def worker_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays scan jobs (segment, fit_body, ...) take."""
+        return {"vertices": self.vertices, "faces": self.faces, "colors": self.colors,
+                "normals": self.normals}
+
 
 def check_target(obj: bpy.types.Object | None) -> str | None:
     """Why this object cannot be segmented, or None if it can."""
@@ -44,6 +49,18 @@ def check_target(obj: bpy.types.Object | None) -> str | None:
     if len(obj.data.vertices) == 0:
         return f"'{obj.name}' has no vertices: select a scan with geometry"
     return None
+
+
+def active_mesh_in_object_mode(cls, context: bpy.types.Context) -> bool:
+    """Poll for operators on the active mesh in Object mode, saying why not when it fails."""
+    obj = context.active_object
+    if obj is None or obj.type != "MESH":
+        cls.poll_message_set("Select a scan (a mesh object) and make it active")
+        return False
+    if context.mode != "OBJECT":
+        cls.poll_message_set("Switch to Object Mode first")
+        return False
+    return True
 
 
 def _evaluated_mesh(obj: bpy.types.Object, depsgraph) -> tuple[bpy.types.Object, bpy.types.Mesh]:

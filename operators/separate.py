@@ -37,6 +37,8 @@ import numpy as np
 
 from ..close_blender.labels import CLASS_NAMES, GROUP_PREFIX, N_CLASSES, PALETTE
 from . import mesh_labels
+from .collections import show_in_view_layer
+from .scan_data import active_mesh_in_object_mode
 
 UNLABELLED = "Unlabelled"
 
@@ -254,19 +256,21 @@ def piece_name(scan: str, label: int) -> str:
 
 
 def garments_collection(context: bpy.types.Context, scan: bpy.types.Object) -> bpy.types.Collection:
-    """A fresh collection ``<scan> Garments``; an earlier one for this scan is emptied."""
+    """A fresh collection ``<scan> Garments``, shown in the view layer (so the pieces can
+    be selected); an earlier one for this scan is emptied and reused."""
     name = f"{scan.name} Garments"
     coll = bpy.data.collections.get(name)
-    if coll is not None and coll.get("close_source") == scan.name:
+    reuse = coll is not None and coll.get("close_source") == scan.name
+    if not reuse:
+        coll = bpy.data.collections.new(name)
+        coll["close_source"] = scan.name
+    show_in_view_layer(context, coll)
+    if reuse:
         for obj in list(coll.objects):
             mesh = obj.data
             bpy.data.objects.remove(obj)
             if mesh is not None and mesh.users == 0:
                 bpy.data.meshes.remove(mesh)
-        return coll
-    coll = bpy.data.collections.new(name)
-    coll["close_source"] = scan.name
-    context.scene.collection.children.link(coll)
     return coll
 
 
@@ -340,8 +344,7 @@ class CLOSE_OT_separate_garments(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        obj = context.active_object
-        return context.mode == "OBJECT" and obj is not None and obj.type == "MESH"
+        return active_mesh_in_object_mode(cls, context)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         obj = context.active_object

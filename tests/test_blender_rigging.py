@@ -145,6 +145,35 @@ def test_bind_scan_and_pose(clean_scene, blender_ext, synth_rig) -> None:
     assert len([m for m in obj.modifiers if m.type == "ARMATURE"]) == 1
 
 
+def test_rebind_with_bodies_collection_excluded(clean_scene, blender_ext, synth_rig) -> None:
+    """"CloSe Bodies" excluded from the view layer (or a new scene without it): Blender
+    raised after the old armature was already replaced. Now the collection is shown first."""
+    import bpy
+
+    path, _, fit = synth_rig
+    obj = _import(path)
+    assert bpy.ops.close.bind_to_body(fit_file=str(fit)) == {"FINISHED"}
+    bodies = bpy.data.collections["CloSe Bodies"]
+    layer = bpy.context.view_layer.layer_collection.children[bodies.name]
+    layer.exclude = True
+    bpy.context.view_layer.objects.active = obj
+    obj.select_set(True)
+    orphans = sum(1 for a in bpy.data.armatures if a.users == 0)
+    assert bpy.ops.close.bind_to_body(fit_file=str(fit)) == {"FINISHED"}
+    assert not bpy.context.view_layer.layer_collection.children[bodies.name].exclude
+    rigs = [o for o in bpy.data.objects if o.type == "ARMATURE"]
+    assert [r.name for r in rigs] == [f"{obj.name}_rig"]
+    assert rigs[0].name in bpy.context.view_layer.objects
+    assert sum(1 for a in bpy.data.armatures if a.users == 0) == orphans  # old data removed
+    assert [m.object for m in obj.modifiers if m.type == "ARMATURE"] == rigs
+    assert bpy.context.view_layer.objects.active == obj
+    # The collection unlinked from the scene: linked back in.
+    bpy.context.scene.collection.children.unlink(bodies)
+    assert bpy.ops.close.bind_to_body(fit_file=str(fit)) == {"FINISHED"}
+    assert bodies.name in bpy.context.scene.collection.children
+    assert sum(1 for a in bpy.data.armatures if a.users == 0) == orphans
+
+
 def test_bind_separated_garments(clean_scene, blender_ext, synth_rig) -> None:
     import bpy
 

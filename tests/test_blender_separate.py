@@ -154,6 +154,45 @@ def test_rerun_replaces_pieces_and_class_colours(clean_scene, blender_ext, synth
         assert np.allclose(piece.data.materials[0].diffuse_color[:3], linear, atol=1e-4)
 
 
+def _layer(coll):
+    import bpy
+
+    def find(layer):
+        if layer.collection == coll:
+            return layer
+        return next((f for c in layer.children if (f := find(c)) is not None), None)
+
+    return find(bpy.context.view_layer.layer_collection)
+
+
+def test_rerun_into_an_excluded_collection(clean_scene, blender_ext, synth_scan) -> None:
+    """The reused "<scan> Garments" collection excluded from the view layer: pieces could
+    not be selected, and Blender raised after they were built. Now it is shown again."""
+    import bpy
+
+    obj = _import_labelled(blender_ext, synth_scan)
+    assert bpy.ops.close.separate_garments() == {"FINISHED"}
+    coll = bpy.data.collections[f"{obj.name} Garments"]
+    first = sorted(o.name for o in coll.objects)
+    _layer(coll).exclude = True
+    bpy.context.view_layer.objects.active = obj
+    obj.hide_set(False)
+    n_meshes = len(bpy.data.meshes)
+    assert bpy.ops.close.separate_garments() == {"FINISHED"}
+    assert not _layer(coll).exclude
+    assert sorted(o.name for o in coll.objects) == first
+    assert all(o.select_get() for o in coll.objects)
+    assert bpy.context.view_layer.objects.active.name in first
+    assert len(bpy.data.meshes) == n_meshes  # old pieces' meshes removed, not orphaned
+    # Unlinked from the scene altogether: linked back.
+    bpy.context.scene.collection.children.unlink(coll)
+    bpy.context.view_layer.objects.active = obj
+    obj.hide_set(False)
+    assert bpy.ops.close.separate_garments() == {"FINISHED"}
+    assert coll.name in bpy.context.scene.collection.children
+    assert all(o.select_get() for o in coll.objects)
+
+
 def test_strict_borders_and_delete_original(clean_scene, blender_ext, synth_scan) -> None:
     import bpy
 
