@@ -26,41 +26,15 @@ import numpy as np
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from ..close_blender.errors import CloseError, ScanError
-from ..close_blender.labels import CLASS_NAMES, N_CLASSES, garments_from_labels, garments_from_names
 from ..close_blender.scan_io import load_scan, normalize_points, save_scan
-from ..panels.preferences import get_prefs
 from . import mesh_labels
-from .job_runner import Task, WorkerJobOperator
-from .scan_data import ScanInput, check_target, read_scan
+from .job_runner import WorkerJobOperator
+from .scan_data import active_mesh_in_object_mode, check_target, read_scan
+from .scan_jobs import fit_body_task, read_closed_scan
 
 # largest allowed point distance, as a fraction of the scan's size (float32 storage
 # of normalized points is exact to ~1e-7)
 ORDER_TOLERANCE = 1e-4
-
-
-def scan_arrays(obj: bpy.types.Object, scan: ScanInput, context: bpy.types.Context
-                ) -> dict[str, np.ndarray]:
-    """CloSe-D arrays of a scan read from Blender (no body fit)."""
-    points, centers, scale = normalize_points(scan.vertices)
-    out: dict[str, np.ndarray] = {
-        "points": points,
-        "normals": scan.normals.astype(np.float32),
-        "colors": np.rint(np.clip(scan.colors, 0.0, 1.0) * 255.0).astype(np.uint8),
-        "faces": scan.faces.astype(np.int64),
-    }
-    labels = mesh_labels.read_labels(obj.data)
-    if labels is not None:
-        missing = int((labels < 0).sum())
-        if missing:
-            raise CloseError(f"{missing:,} of {len(labels):,} vertices of '{obj.name}' have no "
-                             "label", "label them (or segment again) before exporting")
-        out["labels"] = labels.astype(np.int64)
-        out["garments"] = garments_from_labels(labels)
-    else:
-        out["garments"] = garments_from_names(context.scene.close_blender.garment_names())
-    out["scale"] = np.float64(scale)
-    out["centers"] = np.asarray(centers, np.float64)
-    return out
 
 
 def fit_arrays(fields: dict, results: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -75,6 +49,10 @@ def fit_arrays(fields: dict, results: dict[str, np.ndarray]) -> dict[str, np.nda
     for key, value in results.items():
         if key.startswith("param_"):
             out["body_" + key[len("param_"):]] = np.asarray(value)
+    # text parameters (e.g. an SMPL registration's gender) come as plain fields
+    for key, value in (fields.get("params") or {}).items():
+        if isinstance(value, str) and f"body_{key}" not in out:
+            out[f"body_{key}"] = np.array(value)
     return out
 
 
@@ -97,40 +75,25 @@ class CLOSE_OT_export_closed(ExportHelper, WorkerJobOperator, bpy.types.Operator
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        obj = context.active_object
-        return context.mode == "OBJECT" and obj is not None and obj.type == "MESH"
+        return active_mesh_in_object_mode(cls, context)
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        self._from_ui = True  # the file browser calls execute(), which then runs modal
+        return ExportHelper.invoke(self, context, event)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        if getattr(self, "_from_ui", False) and context.window is not None:
+            return self.start_modal(context)  # the body fit must not freeze Blender
+        return WorkerJobOperator.execute(self, context)
 
     def prepare(self, context: bpy.types.Context) -> bool:
         obj = context.active_object
-        problem = check_target(obj)
-        if problem:
-            self.report({"ERROR"}, problem)
+        read = read_closed_scan(self, context, obj)
+        if read is None:
             return False
-        try:
-            scan = read_scan(obj, context)
-            arrays = scan_arrays(obj, scan, context)
-        except CloseError as exc:
-            self.report({"ERROR"}, str(exc))
-            return False
-        for warning in scan.warnings:
-            self.report({"WARNING"}, warning)
-        self._arrays = arrays
+        scan, self._arrays = read
         self._object = obj.name
-        self.tasks = []
-        if self.include_body:
-            settings = context.scene.close_blender
-            body = settings.body_source
-            params = {
-                "body": body.lower(), "garments": "auto",
-                "device": get_prefs(context).device.lower(),
-                "smpl_model_dir": bpy.path.abspath(settings.smpl_model_dir)
-                if body == "SMPL" else "",
-                "registration": bpy.path.abspath(settings.smpl_registration)
-                if body == "SMPL" else "",
-            }
-            job_arrays = {"vertices": scan.vertices, "faces": scan.faces, "colors": scan.colors,
-                          "normals": scan.normals}
-            self.tasks.append(Task(obj.name, "fit_body", params, job_arrays))
+        self.tasks = [fit_body_task(context, obj.name, scan)] if self.include_body else []
         return True
 
     def apply(self, context: bpy.types.Context) -> set[str]:
@@ -199,8 +162,7 @@ class CLOSE_OT_import_closed_labels(ImportHelper, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        obj = context.active_object
-        return context.mode == "OBJECT" and obj is not None and obj.type == "MESH"
+        return active_mesh_in_object_mode(cls, context)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         obj = context.active_object
@@ -218,17 +180,11 @@ class CLOSE_OT_import_closed_labels(ImportHelper, bpy.types.Operator):
             return {"CANCELLED"}
         labels = np.asarray(arrays["labels"], np.int64)
         mesh_labels.write_labels(obj, labels, np.ones(len(labels), np.float32))
+        mesh_labels.write_stats(obj, labels)
         result = obj.close_blender
-        result.stats.clear()
-        counts = np.bincount(labels, minlength=N_CLASSES)
-        for i in np.flatnonzero(counts):
-            row = result.stats.add()
-            row.index = int(i)
-            row.count = int(counts[i])
-            row.mean_confidence = 1.0
         result.checkpoint = f"file: {path.name}"
         result.checkpoint_sha256 = ""
-        result.garments = ",".join(CLASS_NAMES[i] for i in np.flatnonzero(counts))
+        result.garments = ",".join(mesh_labels.present_classes(labels))
         if note:
             self.report({"INFO"}, note)
         self.report({"INFO"}, f"Loaded {len(labels):,} labels from {path.name} onto '{obj.name}'")

@@ -26,21 +26,10 @@ from ..close_blender import model_versions as mv
 from ..close_blender.errors import CloseError
 from ..panels.preferences import current_checkpoint, data_dir, get_prefs
 from . import mesh_labels
-from .closed_files import fit_arrays, scan_arrays
+from .closed_files import fit_arrays
 from .job_runner import Task, WorkerJobOperator
-from .scan_data import check_target, read_scan
-
-
-def fit_params(context: bpy.types.Context) -> dict:
-    """``fit_body`` parameters as ``close.segment`` sends them, so the worker's cached
-    fit of a just-segmented scan is reused."""
-    settings = context.scene.close_blender
-    body = settings.body_source
-    smpl = body == "SMPL"
-    return {"body": body.lower(), "garments": "auto",
-            "device": get_prefs(context).device.lower(),
-            "smpl_model_dir": bpy.path.abspath(settings.smpl_model_dir) if smpl else "",
-            "registration": bpy.path.abspath(settings.smpl_registration) if smpl else ""}
+from .scan_data import active_mesh_in_object_mode, check_target
+from .scan_jobs import fit_body_task, read_closed_scan
 
 
 def _blend_name() -> str:
@@ -58,8 +47,7 @@ class CLOSE_OT_save_correction(WorkerJobOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        obj = context.active_object
-        return context.mode == "OBJECT" and obj is not None and obj.type == "MESH"
+        return active_mesh_in_object_mode(cls, context)
 
     def prepare(self, context: bpy.types.Context) -> bool:
         obj = context.active_object
@@ -76,14 +64,10 @@ class CLOSE_OT_save_correction(WorkerJobOperator, bpy.types.Operator):
             self.report({"ERROR"}, f"'{obj.name}' has no network labels to compare with: "
                                    "segment it (again) before correcting, then save")
             return False
-        try:
-            scan = read_scan(obj, context)
-            arrays = scan_arrays(obj, scan, context)
-        except CloseError as exc:
-            self.report({"ERROR"}, str(exc))
+        read = read_closed_scan(self, context, obj)
+        if read is None:
             return False
-        for warning in scan.warnings:
-            self.report({"WARNING"}, warning)
+        scan, arrays = read
         arrays["predicted_labels"] = predicted
         result = obj.close_blender
         self._arrays = arrays
@@ -97,9 +81,7 @@ class CLOSE_OT_save_correction(WorkerJobOperator, bpy.types.Operator):
             "color_source": scan.color_source,
             "blender": bpy.app.version_string,
         }
-        job_arrays = {"vertices": scan.vertices, "faces": scan.faces, "colors": scan.colors,
-                      "normals": scan.normals}
-        self.tasks = [Task(obj.name, "fit_body", fit_params(context), job_arrays)]
+        self.tasks = [fit_body_task(context, obj.name, scan)]
         return True
 
     def apply(self, context: bpy.types.Context) -> set[str]:
@@ -203,8 +185,8 @@ class CLOSE_OT_finetune(WorkerJobOperator, bpy.types.Operator):
 
     checkpoint: bpy.props.StringProperty(
         name="Start From",
-        description="Checkpoint to fine-tune; empty: the active version, else the panel's "
-                    "or the preferences' checkpoint", default="")
+        description="Checkpoint to fine-tune; empty: the panel's Checkpoint field, else the "
+                    "active model version, else the preferences' default", default="")
     epochs: bpy.props.IntProperty(
         name="Passes", description="Passes over the corrections (0: the fine-tune default)",
         default=0, min=0, max=100)
@@ -240,8 +222,7 @@ class CLOSE_OT_finetune(WorkerJobOperator, bpy.types.Operator):
             options["epochs"] = self.epochs
         if self.hold_out:
             options["holdout"] = self.hold_out
-        base = current_checkpoint(context, self.checkpoint)
-        params = {"checkpoint": bpy.path.abspath(base) if "/" in base or "\\" in base else base,
+        params = {"checkpoint": current_checkpoint(context, self.checkpoint),
                   "corrections": str(corr.corrections_dir(folder)),
                   "files": [str(p) for p in usable],
                   "models_dir": str(mv.models_dir(folder)),

@@ -367,6 +367,26 @@ def clear_labels(obj: bpy.types.Object) -> None:
     mesh.update_tag()
 
 
+def write_stats(obj: bpy.types.Object, labels: np.ndarray,
+                confidence: np.ndarray | None = None) -> None:
+    """The per-class result table of the sidebar (``obj.close_blender.stats``): vertices
+    and mean confidence per present class (confidence 1 where none is given)."""
+    lab = np.asarray(labels, dtype=np.int64)
+    valid = (lab >= 0) & (lab < N_CLASSES)
+    lab = lab[valid]
+    conf = np.ones(len(lab)) if confidence is None else \
+        np.asarray(confidence, dtype=np.float64)[valid]
+    counts = np.bincount(lab, minlength=N_CLASSES)
+    sums = np.bincount(lab, weights=conf, minlength=N_CLASSES)
+    stats = obj.close_blender.stats
+    stats.clear()
+    for i in np.flatnonzero(counts):
+        row = stats.add()
+        row.index = int(i)
+        row.count = int(counts[i])
+        row.mean_confidence = float(sums[i] / counts[i])
+
+
 def present_classes(labels: np.ndarray) -> list[str]:
     """Names of the classes present in a label array, in class order."""
     lab = np.asarray(labels)

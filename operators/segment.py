@@ -14,11 +14,13 @@ import bpy
 import numpy as np
 
 from ..close_blender.errors import CloseError
-from ..close_blender.labels import CLASS_NAMES, DISPLAY_NAMES, N_CLASSES
-from ..panels.preferences import current_checkpoint, get_prefs
+from ..close_blender.labels import CLASS_NAMES, DISPLAY_NAMES
+from ..panels.preferences import current_checkpoint, is_checkpoint_path
 from . import mesh_labels, worker_session
+from .collections import scene_collection
 from .job_runner import Task, WorkerJobOperator
 from .scan_data import Z_UP_TO_Y_UP, ScanInput, check_target, read_scan
+from .scan_jobs import body_params
 
 BODY_ITEMS = (
     ("PANEL", "From Panel", "Use the body source chosen in the CloSe panel"),
@@ -37,11 +39,12 @@ def target_objects(context: bpy.types.Context, use_selected: bool) -> list[bpy.t
     return [active] if active is not None else selected
 
 
-def checkpoint_problem(spec: str) -> str | None:
-    """A quick check of a checkpoint given as a path (names are resolved by the worker)."""
-    if not spec or not any(c in spec for c in "/\\."):
+def checkpoint_problem(checkpoint: str) -> str | None:
+    """A quick check of a checkpoint given as a path (as ``current_checkpoint`` returns it,
+    absolute); names like ``default`` are resolved by the worker."""
+    if not is_checkpoint_path(checkpoint):
         return None
-    path = Path(bpy.path.abspath(spec))
+    path = Path(checkpoint)
     if not path.is_file():
         return f"No checkpoint file at {path}: choose an existing .pth or .safetensors file"
     if path.suffix == ".pth" and not path.with_name(path.stem + "_cfg.yaml").is_file():
@@ -54,19 +57,15 @@ def job_params(op, context: bpy.types.Context) -> tuple[dict, str | None]:
     """Worker parameters from the operator's options, the panel and the preferences,
     and the reason they cannot be used (None when they can)."""
     settings = context.scene.close_blender
-    prefs = get_prefs(context)
     checkpoint = current_checkpoint(context, op.checkpoint)
     spec = op.garments.strip() or ("auto" if settings.auto_garments
                                     else ",".join(settings.garment_names()))
     garments: list[str] | str = "auto" if spec.lower() == "auto" else [
         g.strip() for g in spec.split(",") if g.strip()]
-    body = settings.body_source if op.body == "PANEL" else op.body
     params = {
+        **body_params(context, op.body),
         "checkpoint": checkpoint, "garments": garments, "passes": op.passes or settings.passes,
-        "body": body.lower(), "device": prefs.device.lower(),
         "auto_min_share": settings.auto_min_share,
-        "smpl_model_dir": bpy.path.abspath(settings.smpl_model_dir) if body == "SMPL" else "",
-        "registration": bpy.path.abspath(settings.smpl_registration) if body == "SMPL" else "",
     }
     if not garments:
         return params, "No garment ticked: tick the classes on the scan, or use Auto-detect"
@@ -74,7 +73,7 @@ def job_params(op, context: bpy.types.Context) -> tuple[dict, str | None]:
         unknown = [g for g in garments if g.lower() not in {c.lower() for c in CLASS_NAMES}]
         if unknown:
             return params, f"Unknown classes {', '.join(unknown)}: use {', '.join(CLASS_NAMES)}"
-    if body == "SMPL" and not (params["smpl_model_dir"] and params["registration"]):
+    if params["body"] == "smpl" and not (params["smpl_model_dir"] and params["registration"]):
         return params, "SMPL body chosen: set the SMPL model folder and the registration file"
     return params, checkpoint_problem(checkpoint)
 
@@ -99,32 +98,35 @@ def scan_tasks(op, context: bpy.types.Context, job: str, params: dict) -> list[T
             return None
         for warning in scan.warnings:
             op.report({"WARNING"}, warning)
-        arrays = {"vertices": scan.vertices, "faces": scan.faces, "colors": scan.colors,
-                  "normals": scan.normals}
-        tasks.append(Task(obj.name, job, params, arrays, data=scan))
+        tasks.append(Task(obj.name, job, params, scan.worker_arrays(), data=scan))
     return tasks
+
+
+def result_object(task: Task, what: str) -> bpy.types.Object:
+    """The task's object if it is still the mesh the job read; raises CloseError naming
+    what changed (deleted, renamed, vertices added or removed) otherwise."""
+    obj = bpy.data.objects.get(task.object_name)
+    hint = f"run {what} again"
+    if obj is None or obj.type != "MESH":
+        raise CloseError(f"'{task.object_name}' was renamed or deleted during {what}; "
+                         "nothing was changed", hint)
+    if len(obj.data.vertices) != len(task.data.vertices):
+        raise CloseError(f"'{obj.name}' has {len(obj.data.vertices):,} vertices now but "
+                         f"{len(task.data.vertices):,} when {what} started; nothing was changed",
+                         f"the mesh changed while it ran: {hint}")
+    return obj
 
 
 def write_segmentation(obj: bpy.types.Object, scan: ScanInput, fields: dict,
                        arrays: dict[str, np.ndarray]) -> None:
-    """Labels, confidence, label colours, groups and the result table onto ``obj``."""
+    """Labels, confidence, label colours, groups and the result table onto ``obj``
+    (checked by ``result_object``)."""
     labels = np.asarray(arrays["labels"], dtype=np.int64)
-    if len(labels) != len(obj.data.vertices):
-        raise CloseError(f"the worker returned {len(labels)} labels for the "
-                         f"{len(obj.data.vertices)} vertices of '{obj.name}'; nothing was written",
-                         "the mesh changed while segmenting: run Segment again")
     confidence = np.asarray(arrays["confidence"], dtype=np.float32)
     mesh_labels.write_labels(obj, labels, confidence)
     mesh_labels.write_predicted(obj.data, labels)
+    mesh_labels.write_stats(obj, labels, confidence)
     result = obj.close_blender
-    result.stats.clear()
-    counts = np.bincount(labels, minlength=N_CLASSES)
-    conf_sum = np.bincount(labels, weights=confidence, minlength=N_CLASSES)
-    for i in np.flatnonzero(counts):
-        row = result.stats.add()
-        row.index = int(i)
-        row.count = int(counts[i])
-        row.mean_confidence = float(conf_sum[i] / counts[i])
     checkpoint = fields.get("checkpoint") or {}
     result.checkpoint = str(checkpoint.get("path", ""))
     result.checkpoint_sha256 = str(checkpoint.get("sha256") or "")
@@ -151,7 +153,8 @@ def summary(obj: bpy.types.Object) -> str:
 class _ScanJobOptions:
     checkpoint: bpy.props.StringProperty(
         name="Checkpoint",
-        description="Checkpoint to use; empty: the panel's choice, else the preferences' default",
+        description="Checkpoint to use; empty: the panel's Checkpoint field, else the active "
+                    "model version, else the preferences' default",
         default="")
     garments: bpy.props.StringProperty(
         name="Garments",
@@ -171,7 +174,10 @@ class _ScanJobOptions:
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return context.mode == "OBJECT"
+        if context.mode != "OBJECT":
+            cls.poll_message_set("Switch to Object Mode to segment")
+            return False
+        return True
 
 
 class CLOSE_OT_segment(_ScanJobOptions, WorkerJobOperator, bpy.types.Operator):
@@ -194,13 +200,20 @@ class CLOSE_OT_segment(_ScanJobOptions, WorkerJobOperator, bpy.types.Operator):
         return True
 
     def apply(self, context: bpy.types.Context) -> set[str]:
-        for task in self.tasks:
-            write_segmentation(bpy.data.objects[task.object_name], task.data, task.fields,
-                               task.results)
+        objects = []
+        for task in self.tasks:  # check every object before writing any
+            obj = result_object(task, "segmentation")
+            if len(task.results["labels"]) != len(obj.data.vertices):
+                raise CloseError(f"the worker returned {len(task.results['labels']):,} labels "
+                                 f"for the {len(obj.data.vertices):,} vertices of "
+                                 f"'{obj.name}'; nothing was changed", "run Segment again")
+            objects.append(obj)
+        for obj, task in zip(objects, self.tasks, strict=True):
+            write_segmentation(obj, task.data, task.fields, task.results)
         if context.scene.close_blender.show_label_colors:
             show_label_colors(context)
-        for task in self.tasks:
-            self.report({"INFO"}, summary(bpy.data.objects[task.object_name]))
+        for obj in objects:
+            self.report({"INFO"}, summary(obj))
         return {"FINISHED"}
 
 
@@ -225,11 +238,9 @@ class CLOSE_OT_fit_body(_ScanJobOptions, WorkerJobOperator, bpy.types.Operator):
         return True
 
     def apply(self, context: bpy.types.Context) -> set[str]:
-        collection = bpy.data.collections.get(BODY_COLLECTION)
-        if collection is None:
-            collection = bpy.data.collections.new(BODY_COLLECTION)
-            context.scene.collection.children.link(collection)
-        for task in self.tasks:
+        scans = [result_object(task, "the body fit") for task in self.tasks]
+        collection = scene_collection(context, BODY_COLLECTION)
+        for scan, task in zip(scans, self.tasks, strict=True):
             verts = np.asarray(task.results["body_vertices"], np.float64) @ Z_UP_TO_Y_UP
             faces = np.asarray(task.results["body_faces"], np.int64)
             name = f"{task.object_name}_body"
@@ -237,18 +248,21 @@ class CLOSE_OT_fit_body(_ScanJobOptions, WorkerJobOperator, bpy.types.Operator):
             mesh = bpy.data.meshes.new(name)
             mesh.from_pydata(verts.tolist(), [], faces.tolist())
             mesh.update()
-            if old is not None:
+            if old is not None and old.type == "MESH":
+                previous = old.data
                 old.data = mesh
+                if previous.users == 0:  # else each run would leave an orphan mesh
+                    bpy.data.meshes.remove(previous)
                 obj = old
             else:
                 obj = bpy.data.objects.new(name, mesh)
                 collection.objects.link(obj)
             obj.display_type = "WIRE"
-            fit = task.fields.get("fit") or {}
-            obj.close_blender.body_fit = str(fit.get("message", ""))
-            bpy.data.objects[task.object_name].close_blender.body_fit = str(fit.get("message", ""))
-            level = "INFO" if fit.get("ok") else "WARNING"
-            self.report({level}, f"{task.object_name}: {fit.get('message', '')}")
+            message = str((task.fields.get("fit") or {}).get("message", ""))
+            obj.close_blender.body_fit = message
+            scan.close_blender.body_fit = message
+            level = "INFO" if (task.fields.get("fit") or {}).get("ok") else "WARNING"
+            self.report({level}, f"{task.object_name}: {message}")
         return {"FINISHED"}
 
 

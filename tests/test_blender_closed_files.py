@@ -169,3 +169,59 @@ def test_exported_fit_is_a_bind_fit_file(blender_ext, tmp_path) -> None:
     assert fit.body == "anny" and fit.message == "body fit ok"
     for i, k in enumerate(FIT_KEYS):
         assert np.array_equal(fit.params[k], np.full(3, i, np.float32)), k
+
+
+def test_exported_fit_keeps_text_parameters(blender_ext) -> None:
+    """Text parameters of a fit (an SMPL registration's gender) come back as plain fields
+    and are stored as ``body_<name>`` beside the numeric ones."""
+    results = {"canon_pose": np.zeros((2, 3), np.float32), "param_betas": np.ones(10)}
+    fields = {"fit": {"body": "smpl", "ok": True, "message": "ok"},
+              "params": {"gender": "female", "scale": 1.0, "betas": "not this one"}}
+    arrays = blender_ext.operators.closed_files.fit_arrays(fields, results)
+    assert str(arrays["body_gender"]) == "female"
+    assert np.array_equal(arrays["body_betas"], np.ones(10))  # numeric array wins
+    assert "body_scale" not in arrays  # numbers travel as arrays, not as fields
+
+
+def test_export_from_the_ui_runs_modal(blender_ext, monkeypatch) -> None:
+    """After the file browser Blender calls execute(): from the UI it must start the modal
+    job (a body fit takes long), from scripts it runs to completion."""
+    import types
+
+    op_cls = blender_ext.operators.closed_files.CLOSE_OT_export_closed
+    calls: list[str] = []
+    fake = types.SimpleNamespace(start_modal=lambda context: calls.append("modal")
+                                 or {"RUNNING_MODAL"})
+    monkeypatch.setattr(blender_ext.operators.job_runner.WorkerJobOperator, "execute",
+                        lambda self, context: calls.append("blocking") or {"FINISHED"})
+    window = types.SimpleNamespace(window=object())
+    assert op_cls.execute(fake, window) == {"FINISHED"} and calls == ["blocking"]
+    fake._from_ui = True
+    assert op_cls.execute(fake, window) == {"RUNNING_MODAL"} and calls[-1] == "modal"
+
+
+def test_scan_colours_from_attributes(clean_scene, blender_ext) -> None:
+    """Scan colours read through mesh_labels.read_color_attribute: sRGB, corner colours
+    averaged per vertex, whatever the storage type."""
+    import bpy
+
+    bpy.ops.mesh.primitive_plane_add()
+    obj = bpy.context.active_object
+    mesh = obj.data
+    srgb = np.array([[0.2, 0.4, 0.6, 1.0], [0.9, 0.1, 0.5, 1.0], [0.0, 1.0, 0.3, 1.0],
+                     [0.7, 0.7, 0.7, 1.0]], np.float32)
+    attr = mesh.color_attributes.new("scan_rgb", "FLOAT_COLOR", "POINT")
+    attr.data.foreach_set("color_srgb", srgb.ravel())
+    mesh.color_attributes.active_color = attr
+    scan = blender_ext.operators.scan_data.read_scan(obj, bpy.context)
+    assert scan.color_source == "attribute:scan_rgb"
+    assert np.allclose(scan.colors, srgb[:, :3], atol=1e-4)  # Blender's sRGB conversion
+    mesh.color_attributes.remove(attr)
+    corner = mesh.color_attributes.new("scan_bytes", "BYTE_COLOR", "CORNER")
+    verts = np.empty(len(mesh.loops), np.int32)
+    mesh.loops.foreach_get("vertex_index", verts)
+    corner.data.foreach_set("color_srgb", srgb[verts].ravel())
+    mesh.color_attributes.active_color = corner
+    scan = blender_ext.operators.scan_data.read_scan(obj, bpy.context)
+    assert scan.color_source == "attribute:scan_bytes"
+    assert np.allclose(scan.colors, srgb[:, :3], atol=1 / 255)

@@ -3,6 +3,7 @@ nothing else touched, and bad input that changes nothing."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -193,3 +194,197 @@ def test_worker_killed_mid_job_changes_nothing(clean_scene, checkpoint, blender_
     # The next job starts a new worker.
     info = session.get_client().check(timeout=120, torch=False)
     assert info["python"]
+
+
+class _DoneJob:
+    """A finished worker job (for testing what operators do with results)."""
+
+    def __init__(self, fields: dict, arrays: dict) -> None:
+        self.fields, self.arrays = fields, arrays
+        self.progress = (1.0, "Done")
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> bool:
+        return False
+
+    def result(self, timeout=None):
+        return self.fields, self.arrays
+
+
+def _fake_worker(monkeypatch, blender_ext, answer, on_submit=None) -> list:
+    """Replace the worker: ``answer(name, params, arrays)`` gives (fields, arrays)."""
+    submitted: list = []
+
+    def submit(name, params, arrays, context=None):
+        submitted.append((name, params))
+        if on_submit is not None:
+            on_submit(len(submitted))
+        return _DoneJob(*answer(name, params, arrays))
+
+    monkeypatch.setattr(blender_ext.operators.job_runner.worker_session, "submit", submit)
+    return submitted
+
+
+def _segment_answer(name, params, arrays):
+    n = len(arrays["vertices"])
+    fields = {"garments": ["Body"], "checkpoint": {"path": params["checkpoint"]},
+              "fit": {"ok": True, "message": "fit ok"}}
+    return fields, {"labels": np.ones(n, np.int64), "confidence": np.full(n, 0.5, np.float32)}
+
+
+def _cubes(n: int) -> list:
+    import bpy
+
+    objs = []
+    for i in range(n):
+        bpy.ops.mesh.primitive_cube_add(location=(3 * i, 0, 0))
+        objs.append(bpy.context.active_object)
+    for o in objs:
+        o.select_set(True)
+    return objs
+
+
+def test_several_objects_written_all_or_none(clean_scene, blender_ext, monkeypatch) -> None:
+    """An object renamed, deleted or edited while the jobs ran: nothing is written to any
+    (before, the earlier objects were labelled and the operator still said CANCELLED)."""
+    import bmesh
+    import bpy
+
+    a, b = _cubes(2)
+
+    def edit_b(count: int) -> None:  # the user edits b while the jobs run
+        if count == 2:
+            bm = bmesh.new()
+            bm.from_mesh(b.data)
+            bm.verts.ensure_lookup_table()
+            bmesh.ops.delete(bm, geom=[bm.verts[0]], context="VERTS")
+            bm.to_mesh(b.data)
+            bm.free()
+
+    _fake_worker(monkeypatch, blender_ext, _segment_answer, edit_b)
+    _expect_error(bpy.ops.close.segment, "vertices now but 8", checkpoint="default",
+                  garments="Body")
+    assert "close_label" not in a.data.attributes and "close_label" not in b.data.attributes
+    assert len(a.close_blender.stats) == 0
+
+    def rename_a(count: int) -> None:
+        if count == 2:
+            a.name = "renamed"
+
+    a.name, b.name = "a", "b"
+    _fake_worker(monkeypatch, blender_ext, _segment_answer, rename_a)
+    b.select_set(True)
+    a.select_set(True)
+    _expect_error(bpy.ops.close.segment, "renamed or deleted", checkpoint="default",
+                  garments="Body")
+    assert not any("close_label" in o.data.attributes for o in bpy.data.objects)
+
+    # Both unchanged: both written, each with its table.
+    _fake_worker(monkeypatch, blender_ext, _segment_answer)
+    assert bpy.ops.close.segment(checkpoint="default", garments="Body") == {"FINISHED"}
+    for o in (a, b):
+        assert "close_label" in o.data.attributes
+        assert [(r.index, r.count) for r in o.close_blender.stats] == [(1, len(o.data.vertices))]
+        assert o.close_blender.stats[0].mean_confidence == pytest.approx(0.5)
+
+
+def test_unexpected_failure_while_writing_is_reported(clean_scene, blender_ext,
+                                                      monkeypatch, capsys) -> None:
+    import bpy
+
+    (cube,) = _cubes(1)
+
+    def broken(name, params, arrays):
+        fields, out = _segment_answer(name, params, arrays)
+        del out["confidence"]
+        return fields, out
+
+    _fake_worker(monkeypatch, blender_ext, broken)
+    _expect_error(bpy.ops.close.segment, "failed while writing the result: KeyError",
+                  checkpoint="default", garments="Body")
+    assert "Traceback" in capsys.readouterr().out
+
+
+def test_show_fitted_body_reuses_its_object(clean_scene, blender_ext, monkeypatch) -> None:
+    """Run twice, its collection excluded in between: one body object, no orphan mesh."""
+    import bpy
+
+    (cube,) = _cubes(1)
+
+    def fit(name, params, arrays):
+        assert name == "fit_body"
+        verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+        return ({"fit": {"ok": True, "message": "fit ok"}},
+                {"body_vertices": verts, "body_faces": np.array([[0, 1, 2]])})
+
+    _fake_worker(monkeypatch, blender_ext, fit)
+    assert bpy.ops.close.fit_body() == {"FINISHED"}
+    body = bpy.data.objects[f"{cube.name}_body"]
+    bodies = bpy.data.collections["CloSe Bodies"]
+    bpy.context.view_layer.layer_collection.children[bodies.name].exclude = True
+    orphans = sum(1 for m in bpy.data.meshes if m.users == 0)
+    assert bpy.ops.close.fit_body() == {"FINISHED"}
+    assert not bpy.context.view_layer.layer_collection.children[bodies.name].exclude
+    assert [o.name for o in bpy.data.objects if o.name.startswith(f"{cube.name}_body")] \
+        == [body.name]
+    assert sum(1 for m in bpy.data.meshes if m.users == 0) == orphans
+    assert body.close_blender.body_fit == cube.close_blender.body_fit == "fit ok"
+
+
+def test_blend_relative_checkpoint_is_sent_absolute(clean_scene, blender_ext, monkeypatch,
+                                                    tmp_path, checkpoint) -> None:
+    """A ``//`` path is relative to the .blend; the worker runs elsewhere, so it must get
+    the absolute path (it got '/models/...' before)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import bpy
+
+    current = blender_ext.panels.preferences.current_checkpoint
+    models = tmp_path / "models"
+    models.mkdir()
+    for suffix in (".pth", "_cfg.yaml"):
+        shutil.copy(Path(checkpoint).with_name(f"closenet{suffix}"), models)
+    (cube,) = _cubes(1)
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"), check_existing=False)
+    settings = clean_scene.close_blender
+    settings.checkpoint = "//models/closenet.pth"
+    try:
+        expected = str(models / "closenet.pth")
+        assert current(bpy.context) == expected
+        assert current(bpy.context, "default") == "default"  # names stay names
+        assert current(bpy.context, "rel/x.pth") == os.path.abspath("rel/x.pth")
+        submitted = _fake_worker(monkeypatch, blender_ext, _segment_answer)
+        assert bpy.ops.close.segment(garments="Body") == {"FINISHED"}
+        assert submitted[-1][1]["checkpoint"] == expected
+        assert cube.close_blender.checkpoint == expected
+        settings.checkpoint = "//models/missing.pth"
+        _expect_error(bpy.ops.close.segment,
+                      re.escape(f"No checkpoint file at {models / 'missing.pth'}"),
+                      garments="Body")
+    finally:
+        settings.checkpoint = ""
+
+
+def test_poll_says_why_in_edit_mode(clean_scene, blender_ext) -> None:
+    import bpy
+
+    (cube,) = _cubes(1)
+    messages: list[str] = []
+    fake = type("Op", (), {"poll_message_set": staticmethod(messages.append)})
+    bpy.ops.object.mode_set(mode="EDIT")
+    try:
+        for op in (bpy.types.CLOSE_OT_segment, bpy.types.CLOSE_OT_fit_body,
+                   bpy.types.CLOSE_OT_export_closed, bpy.types.CLOSE_OT_save_correction,
+                   bpy.types.CLOSE_OT_separate_garments):
+            assert op.poll.__func__(fake, bpy.context) is False, op
+            assert "Object Mode" in messages.pop(), op
+    finally:
+        bpy.ops.object.mode_set(mode="OBJECT")
+    assert bpy.types.CLOSE_OT_segment.poll.__func__(fake, bpy.context) is True
+    bpy.context.view_layer.objects.active = None
+    assert bpy.types.CLOSE_OT_export_closed.poll.__func__(fake, bpy.context) is False
+    assert "mesh" in messages.pop()
