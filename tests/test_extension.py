@@ -33,7 +33,30 @@ def test_manifest_promises() -> None:
     assert manifest["type"] == "add-on"
     assert manifest["license"] == ["SPDX:GPL-3.0-or-later"]
     assert "files" in manifest["permissions"]
-    assert "network" not in manifest["permissions"]
+    # Install Packages downloads (only on request): the extension guidelines require saying so.
+    network = manifest["permissions"]["network"]
+    assert 0 < len(network) <= 64 and not network.endswith(".")
+
+
+def test_install_needs_online_access(blender_ext, monkeypatch) -> None:
+    """Install Packages is the only thing that goes online: its poll follows Blender's
+    Online Access and says why it is greyed out."""
+    import types
+
+    import bpy
+
+    module = blender_ext.operators.worker
+    op = module.CLOSE_OT_install_packages
+    messages: list[str] = []
+    fake = type("Op", (), {"poll_message_set": staticmethod(messages.append)})
+    assert bpy.app.online_access is False  # tests run offline
+    assert op.poll.__func__(fake, bpy.context) is False
+    assert "Online Access" in messages[-1]
+    with pytest.raises(RuntimeError, match="poll"):
+        bpy.ops.close.install_packages()
+    monkeypatch.setattr(module, "bpy", types.SimpleNamespace(
+        app=types.SimpleNamespace(online_access=True), types=bpy.types))
+    assert op.poll.__func__(fake, bpy.context) is True
 
 
 def test_registers_operators_panels_preferences(blender_ext) -> None:
