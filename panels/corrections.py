@@ -64,24 +64,35 @@ def _display(name: str) -> str:
     return DISPLAY_NAMES[CLASS_NAMES.index(name)] if name in CLASS_NAMES else name
 
 
+METRIC_KEYS = (("miou_strict", "mIoU"), ("miou", "mIoU"), ("accuracy", "accuracy"))
+
+
+def _metric(m: Any) -> tuple[str, str]:
+    """(name, value in points) of one set's metrics: strict mIoU, else mIoU, else accuracy."""
+    if isinstance(m, dict):
+        for key, name in METRIC_KEYS:
+            if isinstance(m.get(key), (int, float)):
+                return name, f"{100 * m[key]:.1f}"
+        return "", "?"
+    if isinstance(m, (int, float)):
+        return "", f"{100 * m:.1f}"
+    return "", "-"
+
+
 def metric_lines(info: mv.VersionInfo) -> list[str]:
-    """'replay: mIoU 51.0 -> 52.3' per evaluated set (strict mIoU in points, else accuracy)."""
+    """'replay: mIoU 51.0 -> 52.3' per evaluated set (strict mIoU in points, else mIoU,
+    else accuracy, named as what it is)."""
     lines = []
     for split in sorted(set(info.metrics_before) | set(info.metrics_after)):
         before = info.metrics_before.get(split)
         after = info.metrics_after.get(split)
         if before is None and after is None:
             continue  # not evaluated in this run (e.g. no held-out corrections)
-
-        def value(m: Any) -> str:
-            if isinstance(m, dict):
-                for key in ("miou_strict", "miou", "accuracy"):
-                    if isinstance(m.get(key), (int, float)):
-                        return f"{100 * m[key]:.1f}"
-                return "?"
-            return f"{100 * m:.1f}" if isinstance(m, (int, float)) else "-"
-
-        lines.append(f"{split}: mIoU {value(before)} -> {value(after)}")
+        (name_b, value_b), (name_a, value_a) = _metric(before), _metric(after)
+        if name_b and name_a and name_b != name_a:
+            lines.append(f"{split}: {name_b} {value_b} -> {name_a} {value_a}")
+        else:
+            lines.append(f"{split}: {name_b or name_a or 'mIoU'} {value_b} -> {value_a}")
     return lines
 
 
