@@ -11,6 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from fake_layout import draw_panel
 
 from conftest import SHARED
 
@@ -149,33 +150,11 @@ def test_save_list_remove_export(clean_scene, blender_ext, data, synth, tmp_path
     assert corr.list_corrections(data) == []
 
 
-class _Recorder:
-    """Stands in for a UILayout: every call returns another recorder, and the texts
-    given to labels are kept, so a panel's draw() runs without a window."""
-
-    def __init__(self, texts: list[str]) -> None:
-        self.__dict__["texts"] = texts
-
-    def __getattr__(self, name: str):
-        def call(*args, **kwargs):
-            if name == "label":
-                self.texts.append(kwargs.get("text", ""))
-            return _Recorder(self.texts)
-        return call
-
-    def __setattr__(self, name: str, value) -> None:
-        self.__dict__[name] = value
-
-
 def _draw_panel(blender_ext) -> list[str]:
-    import types
-
     import bpy
 
-    texts: list[str] = []
-    panel = blender_ext.panels.corrections.CLOSE_PT_corrections
-    panel.draw(types.SimpleNamespace(layout=_Recorder(texts)), bpy.context)
-    return texts
+    layout = draw_panel(blender_ext.panels.corrections.CLOSE_PT_corrections, bpy.context)
+    return layout.labels()
 
 
 def test_finetune_options_are_checked() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fake_layout import draw_panel
 
 pytestmark = [pytest.mark.blender]
 
@@ -220,35 +221,13 @@ def test_needs_labels(clean_scene, blender_ext, synth_scan) -> None:
     assert len(bpy.data.objects) == n_objects
 
 
-class _Layout:
-    """Records what a panel draws (headless Blender draws no UI)."""
-
-    def __init__(self, calls: list) -> None:
-        self.calls = calls
-        self.enabled = True
-
-    def column(self, **_):
-        return _Layout(self.calls)
-
-    row = column
-
-    def label(self, **kw) -> None:
-        self.calls.append(("label", kw.get("text")))
-
-    def operator(self, idname, **kw) -> None:
-        self.calls.append(("operator", idname))
-
-
 def test_handoff_panel(clean_scene, blender_ext, synth_scan) -> None:
     import bpy
 
     panel = bpy.types.CLOSE_PT_handoff
     assert panel.bl_parent_id == "CLOSE_PT_main" and panel.bl_category == "CloSe"
     _import_labelled(blender_ext, synth_scan)
-    calls: list = []
-    fake = type("P", (), {"layout": _Layout(calls)})()
-    blender_ext.panels.handoff.CLOSE_PT_handoff.draw(fake, bpy.context)
-    ops = [name for kind, name in calls if kind == "operator"]
+    ops = draw_panel(blender_ext.panels.handoff.CLOSE_PT_handoff, bpy.context).operators()
     assert ops == ["close.separate_garments", "close.bind_to_body", "close.export_closed",
                    "close.import_closed_labels"]
     for idname in ops:
