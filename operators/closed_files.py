@@ -92,7 +92,6 @@ class CLOSE_OT_export_closed(ExportHelper, WorkerJobOperator, bpy.types.Operator
         if read is None:
             return False
         scan, self._arrays = read
-        self._object = obj.name
         self.tasks = [fit_body_task(context, obj.name, scan)] if self.include_body else []
         return True
 

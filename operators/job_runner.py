@@ -8,7 +8,6 @@ nothing and the whole change is one undo step.
 
 from __future__ import annotations
 
-import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,7 +100,6 @@ class WorkerJobOperator:
             return self._apply_all(context)
         self._index = 0
         self._job = None
-        self._started = time.monotonic()
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.modal_handler_add(self)

@@ -26,6 +26,8 @@ def test_changing_the_device_keeps_the_worker(blender_ext, prefs) -> None:
     """The device goes with every job; changing it must not restart the worker (which
     cancelled a running fine-tune or segmentation)."""
     session = blender_ext.operators.worker_session
+    prefs.python_source = "CUSTOM"
+    prefs.python_path = sys.executable
     prefs.device = "CPU"
     client = session.get_client()
     prefs.device = "CUDA"
