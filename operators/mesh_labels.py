@@ -27,6 +27,7 @@ import numpy as np
 from ..close_blender.labels import (
     CLASS_NAMES,
     N_CLASSES,
+    UNLABELLED_COLOR,
     class_from_group,
     group_name,
     label_colors,
@@ -314,7 +315,7 @@ def write_labels(obj_or_mesh: bpy.types.Object | bpy.types.Mesh, labels: np.ndar
 
     rgba = np.empty((n, 4), np.float32)
     rgba[valid] = _palette_rgba()[lab[valid]]
-    rgba[~valid] = (0.5, 0.5, 0.5, 1.0)
+    rgba[~valid] = (*UNLABELLED_COLOR, 1.0)
     color = _point_attr(mesh, COLOR_ATTR, "FLOAT_COLOR")
     color.data.foreach_set("color_srgb", rgba.reshape(-1))
     mesh.color_attributes.active_color = mesh.color_attributes[COLOR_ATTR]

@@ -35,7 +35,13 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from ..close_blender.labels import CLASS_NAMES, GROUP_PREFIX, N_CLASSES, PALETTE
+from ..close_blender.labels import (
+    CLASS_NAMES,
+    GROUP_PREFIX,
+    N_CLASSES,
+    PALETTE,
+    UNLABELLED_COLOR,
+)
 from . import mesh_labels
 from .collections import show_in_view_layer
 from .scan_data import active_mesh_in_object_mode
@@ -220,7 +226,7 @@ def class_material(label: int) -> bpy.types.Material:
     """The shared material ``CloSe_<Class>`` in the class palette colour."""
     name = GROUP_PREFIX + (CLASS_NAMES[label] if label >= 0 else UNLABELLED)
     mat = bpy.data.materials.get(name)
-    srgb = PALETTE[label] / 255.0 if label >= 0 else np.array([0.5, 0.5, 0.5])
+    srgb = PALETTE[label] / 255.0 if label >= 0 else np.array(UNLABELLED_COLOR)
     linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
     rgba = (*linear.tolist(), 1.0)
     if mat is None:
