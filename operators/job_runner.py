@@ -19,6 +19,16 @@ from ..close_blender.errors import Cancelled, CloseError
 from . import worker_session
 
 
+def set_status(context: bpy.types.Context, text: str) -> None:
+    """Live status in the status bar and the sidebar (kept on the window manager, which
+    is never saved in the .blend); empty text clears it."""
+    wm = context.window_manager
+    if hasattr(wm, "close_blender_status"):
+        wm.close_blender_status = text
+    if context.workspace is not None:
+        context.workspace.status_text_set(text or None)
+
+
 @dataclass
 class Task:
     """One job to run for one object."""
@@ -119,12 +129,7 @@ class WorkerJobOperator:
         return True
 
     def _status(self, context: bpy.types.Context, text: str) -> None:
-        """Live status: the sidebar reads the window manager's (never saved in the .blend)."""
-        wm = context.window_manager
-        if hasattr(wm, "close_blender_status"):
-            wm.close_blender_status = text
-        if context.workspace is not None:
-            context.workspace.status_text_set(text or None)
+        set_status(context, text)
 
     def _cleanup(self, context: bpy.types.Context) -> None:
         wm = context.window_manager

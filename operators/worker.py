@@ -18,7 +18,7 @@ from ..close_blender.errors import Cancelled, CloseError
 from ..close_blender.worker_client import install_command
 from ..panels.preferences import data_dir, get_prefs, packages_dir
 from . import worker_session
-from .job_runner import Task, WorkerJobOperator
+from .job_runner import Task, WorkerJobOperator, set_status
 
 WORKER_REQUIREMENTS = (
     "torch==2.13.0", "anny==0.6.2", "trimesh==5.2.0", "scipy==1.17.1", "safetensors==0.8.0",
@@ -154,11 +154,7 @@ class CLOSE_OT_install_packages(bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
     def _status(self, context: bpy.types.Context, text: str) -> None:
-        wm = context.window_manager
-        if hasattr(wm, "close_blender_status"):
-            wm.close_blender_status = text
-        if context.workspace is not None:
-            context.workspace.status_text_set(text or None)
+        set_status(context, text)
 
     def _cleanup(self, context: bpy.types.Context) -> str:
         """Stop the timer, close the log; returns the log's text."""
