@@ -81,6 +81,7 @@ def main() -> int:
                     "FinetuneConfig's; --all-steps for layers=all)")
     ap.add_argument("--all-steps", type=int, default=12,
                     help="steps for layers=all: every step runs the whole network")
+    ap.add_argument("--no-reference", action="store_true", help="skip the reference recipe")
     args = ap.parse_args()
 
     from inference.checkpoints import load_checkpoint
@@ -134,10 +135,11 @@ def main() -> int:
         rows.append((f"ours, layers={layers} ({cfg.steps} st)", strict(tuned, new_eval, args.eval_points),
                      strict(tuned, old, args.eval_points), res.timing["seconds_total"],
                      "flagged" if res.flagged else ""))
-    ref = load_checkpoint(args.checkpoint).model
-    secs = reference_tune(ref, corrected)
-    rows.append(("reference recipe (CloSe-T)", strict(ref, new_eval, args.eval_points),
-                 strict(ref, old, args.eval_points), secs, ""))
+    if not args.no_reference:
+        ref = load_checkpoint(args.checkpoint).model
+        secs = reference_tune(ref, corrected)
+        rows.append(("reference recipe (CloSe-T)", strict(ref, new_eval, args.eval_points),
+                     strict(ref, old, args.eval_points), secs, ""))
 
     print(f"\ncheckpoint {base.path.name} ({base.sha256[:12]}), strict mIoU on "
           f"{args.eval_points} points per scan")

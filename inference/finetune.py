@@ -62,13 +62,13 @@ REPLAY_POINTS = 20000
 @dataclass
 class FinetuneConfig:
     layers: str = "decoder"  # decoder | head (last two decoder layers) | all
-    steps: int = 120
+    steps: int = 60
     chunks_per_step: int = 4
     n_points: int = 2048
-    lr: float = 1e-3
-    changed_weight: float = 5.0  # loss weight of vertices the artist changed
+    lr: float = 3e-4
+    changed_weight: float = 3.0  # loss weight of vertices the artist changed
     pull: str = "l2"  # l2 | l1: pull towards the starting weights
-    pull_strength: float = 1e-3
+    pull_strength: float = 1e-2
     new_passes: int = 1  # chunk passes cut from each new correction
     replay_passes: int = 1  # chunk passes cut from each replay / earlier correction
     max_replay_chunks: int = 8

@@ -31,10 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "(default OUT/replay, made once)")
     parser.add_argument("--layers", choices=("decoder", "head", "all"), default="decoder",
                         help="which layers train (default decoder; see docs/training.md)")
-    parser.add_argument("--steps", type=int, help="optimizer steps (default 120)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default 60)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default 3e-4)")
     parser.add_argument("--changed-weight", type=float, help="loss weight of changed "
-                                                             "vertices (default 5)")
+                                                             "vertices (default 3)")
     parser.add_argument("--flag-threshold", type=float,
                         help="largest allowed drop of replay strict mIoU (default 0.01)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
