@@ -3,6 +3,7 @@
 #   make test       the full test suite (ruff + pytest, real Blender via the bpy module)
 #   make setup      .venv with the pinned packages, the project installed, Anny's cache built
 #   make extension  dist/close_blender-<version>.zip, checked by Blender's extension tool
+#   make train-default  regenerate the training scans and retrain inference/models/default
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.setup-stamp
 OLDEST := .venv-blender42
 OLDEST_PINS := bpy==4.2.0 numpy==1.26.4
 
-.PHONY: setup demo test lint extension clean
+.PHONY: setup demo test lint extension train-default clean
 
 setup: $(STAMP)
 
@@ -37,6 +38,10 @@ test: setup lint
 
 extension: setup
 	$(VPY) tools/build_extension.py dist
+
+# Retrain the bundled model from generated scans (hours on a CPU; rerun to resume).
+train-default: setup
+	bash tools/train_default.sh
 
 clean:
 	rm -rf dist out .pytest_cache .ruff_cache

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import headless  # noqa: E402
 
-from close_blender.labels import CLASS_NAMES, DISPLAY_NAMES, N_CLASSES  # noqa: E402
+from close_blender.labels import CLASS_NAMES, DISPLAY_NAMES, N_CLASSES, names_of  # noqa: E402
 from close_blender.metrics import scan_metrics  # noqa: E402
 
 
@@ -120,6 +120,10 @@ def main() -> int:
     parser.add_argument("--checkpoint", default="default", help="checkpoint name or path")
     parser.add_argument("--out", type=Path, default=REPO / "out")
     parser.add_argument("--name", default="demo", help="stem of the .blend and .png written")
+    parser.add_argument("--garments", default="known",
+                        help="'known': the classes the scan's .npz lists, as an artist would "
+                             "tick them (auto-detect when there is no .npz); 'auto'; or a "
+                             "comma-separated list")
     args = parser.parse_args()
     if not args.scan.is_file():
         raise SystemExit(f"no sample scan at {args.scan}: run `make setup` (it makes data/samples)")
@@ -130,7 +134,12 @@ def main() -> int:
     obj = headless.import_scan(bpy, args.scan)
     print(f"scan {args.scan.name}: {len(obj.data.vertices):,} vertices")
     start = time.perf_counter()
-    result = bpy.ops.close.segment(checkpoint=args.checkpoint, garments="auto")
+    garments = args.garments
+    if garments == "known":
+        garments = (",".join(names_of(np.load(truth_path)["garments"])) if truth_path.is_file()
+                    else "auto")
+    print(f"garments: {garments}")
+    result = bpy.ops.close.segment(checkpoint=args.checkpoint, garments=garments)
     seconds = time.perf_counter() - start
     if result != {"FINISHED"}:
         raise SystemExit("segmentation failed")
