@@ -35,11 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--body-mesh", default=None, metavar="OUT.ply",
                         help="also write the fitted body mesh (in the mesh's frame and units)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fit's sampling")
+    parser.add_argument("--effort", type=float, default=1.0,
+                        help="fit iterations relative to the default (e.g. 0.3: quicker, rougher)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ScanError
     from ..scan_io import save_scan
+
+    if not 0.05 <= args.effort <= 10:
+        raise ScanError(f"--effort {args.effort} is out of range", "use a value from 0.05 to 10")
     from .predict import progress_printer
 
     try:
@@ -57,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     arrays, fit = prepare_arrays(
         mesh.vertices, mesh.faces, mesh.colors, mesh.normals, body=args.body, up=args.up,
         garments=args.garments, smpl_model_dir=args.smpl_model_dir,
-        registration=args.registration, progress=progress_printer("prepare"), seed=args.seed)
+        registration=args.registration, progress=progress_printer("prepare"), seed=args.seed,
+        effort=args.effort)
     save_scan(args.out, arrays)
     q = fit.quality
     print(f"wrote {args.out}: {len(arrays['points'])} points; {fit.message}")

@@ -547,7 +547,7 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
     fit = BodyFit(body="anny", params=params, vertices=scan_verts.astype(np.float32),
                   faces=full.faces, canonical_vertices=full.canonical_vertices)
     fit.quality = fit_quality(unit * (v - centre) @ rot.T, fit_verts, full.faces,
-                              rng=rng)
+                              rng=rng, scan_faces=f)
     fit.quality["iterations"] = int(iters)
     fit.quality["seconds"] = float(time.perf_counter() - t0)
     fit.quality["unit_m"] = float(unit)
@@ -565,12 +565,21 @@ def body_vertices_fit_frame(body: AnnyBody, params: dict[str, np.ndarray]) -> np
 
 
 def fit_quality(points: np.ndarray, body_verts: np.ndarray, faces: np.ndarray,
-                rng: np.random.Generator | None = None, n_max: int = 20000) -> dict:
-    """Residuals and inside/outside fractions of a body against scan points (metres)."""
+                rng: np.random.Generator | None = None, n_max: int = 20000,
+                scan_faces: np.ndarray | None = None) -> dict:
+    """Residuals and inside/outside fractions of a body against a scan (metres).
+
+    With ``scan_faces`` the scan surface is sampled by area, so that densely
+    meshed details (a low-poly body with a detailed hat) do not dominate.
+    """
     from scipy.spatial import cKDTree
 
     rng = rng or np.random.default_rng(0)
-    pts = points if len(points) <= n_max else points[rng.choice(len(points), n_max, replace=False)]
+    if scan_faces is not None and len(scan_faces):
+        pts = _sample_surface(points, scan_faces, n_max, rng)
+    else:
+        pts = points if len(points) <= n_max else points[rng.choice(len(points), n_max,
+                                                                     replace=False)]
     bn = mesh_normals(body_verts, faces)
     d, j = cKDTree(body_verts).query(pts, k=1)
     # distance to the body surface: the point-to-plane distance refines the vertex distance
@@ -592,6 +601,21 @@ def fit_quality(points: np.ndarray, body_verts: np.ndarray, faces: np.ndarray,
         "coverage": float(near.mean()),
         "scan_inside_body_fraction": float((s < -0.02).mean()),
     }
+
+
+def _sample_surface(v: np.ndarray, f: np.ndarray, n: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """n points on a triangle mesh, uniform by area (the vertices if it has no area)."""
+    tri = v[f]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    total = area.sum()
+    if not np.isfinite(total) or total <= 0:
+        return v if len(v) <= n else v[rng.choice(len(v), n, replace=False)]
+    which = rng.choice(len(f), n, p=area / total)
+    r1, r2 = rng.random(n), rng.random(n)
+    s1 = np.sqrt(r1)
+    w = np.stack([1 - s1, s1 * (1 - r2), s1 * r2], 1)
+    return np.einsum("nk,nkj->nj", w, tri[which])
 
 
 def verdict(q: dict, note: str = "") -> tuple[bool, str]:

@@ -58,7 +58,7 @@ def prepare_arrays(vertices: Any, faces: Any = None, colors: Any = None, normals
                    registration: str | os.PathLike | None = None,
                    progress: Callable[[float, str], None] | None = None,
                    cancelled: Callable[[], bool] | None = None,
-                   seed: int = 0) -> tuple[dict[str, np.ndarray], BodyFit]:
+                   seed: int = 0, effort: float = 1.0) -> tuple[dict[str, np.ndarray], BodyFit]:
     """The CloSe-D arrays of a scan (see the module docstring) and its body fit."""
     v = _check_points(vertices)
     n = len(v)
@@ -82,7 +82,7 @@ def prepare_arrays(vertices: Any, faces: Any = None, colors: Any = None, normals
 
     if body == "anny":
         fit = fit_anny(v, f, up=up, progress=progress, cancelled=cancelled, seed=seed,
-                       normals=normals)
+                       normals=normals, effort=effort)
         rot_fit = fit.params["frame_rotation"]
         unit = float(fit.params["frame_unit"])
         up_row = rot_fit[1]
