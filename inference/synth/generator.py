@@ -241,14 +241,15 @@ def write_scan(out_dir: str | os.PathLike, stem: str, scan: dict[str, np.ndarray
     return written
 
 
-SAMPLE_SEED, SAMPLE_COUNT, SAMPLE_POINTS = 0, 4, 8000
+SAMPLE_SEED, SAMPLE_COUNT, SAMPLE_POINTS = 0, 4, 30000
 
 
 def make_samples(out_dir: str | os.PathLike, n_points: int = SAMPLE_POINTS,
                  mesh_format: str = "ply", preview: bool = True) -> list[Path]:
     """The small fixed set of scans for tests and the demo.
 
-    Same files as ``close-blender synth OUT_DIR --count 4 --seed 0 --points 8000 --preview``.
+    Same files as ``close-blender synth OUT_DIR --count 4 --seed 0 --preview`` (what
+    ``make setup`` writes into ``data/samples``).
     """
     written: list[Path] = []
     for i in range(SAMPLE_COUNT):
