@@ -29,7 +29,6 @@ A correction is a CloSe-D ``.npz`` with the corrected ``labels`` and, optionally
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from close_blender.errors import Cancelled, CloseError, ScanError
+from close_blender.model_versions import file_sha256
 from close_blender.scan_io import load_scan, scan_paths
 from inference.closenet import CloseNet
 from inference.training import (
@@ -84,14 +84,6 @@ class FinetuneConfig:
 
 
 # ---------------------------------------------------------------- data
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def correction_from_arrays(arrays: dict[str, np.ndarray], name: str,
