@@ -232,7 +232,13 @@ def test_one_hash_and_one_metadata_key_for_core_and_inference(tmp_path):
     assert checkpoints.sha256_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
 
 
-def test_resolve(tmp_path):
+def test_resolve(tmp_path, monkeypatch):
+    import inference.checkpoints as ck
+
+    bundled = resolve_checkpoint("default")
+    assert bundled == ck.MODELS_DIR / "default.safetensors" and bundled.is_file()
+    assert load_checkpoint("default").meta["canonical_frame"] == "smpl-tpose-centroid-v1"
+    monkeypatch.setitem(ck.PROJECT_NAMES, "default", tmp_path / "missing.safetensors")
     with pytest.raises(CheckpointError, match="bundled"):
         resolve_checkpoint("default")
     with pytest.raises(CheckpointError, match="no checkpoint"):

@@ -103,9 +103,12 @@ def test_predict_bad_garments_option(scan, tmp_path, ckpt, capsys):
     assert "Cape" in capsys.readouterr().err
 
 
-def test_predict_bad_checkpoints(tmp_path, scan, closenet_reference, capsys):
+def test_predict_bad_checkpoints(tmp_path, scan, closenet_reference, capsys, monkeypatch):
+    import inference.checkpoints as ck
+
     out = str(tmp_path / "o.npz")
-    assert main(["predict", str(scan), "--out", out]) == 2  # default: not bundled yet
+    monkeypatch.setitem(ck.PROJECT_NAMES, "default", tmp_path / "missing.safetensors")
+    assert main(["predict", str(scan), "--out", out]) == 2  # a broken install: no bundled model
     assert "bundled" in capsys.readouterr().err
     lonely = tmp_path / "lonely.pth"
     shutil.copy(closenet_reference / "closenet.pth", lonely)
@@ -148,3 +151,10 @@ def test_module_entry_point(tmp_path, scan, ckpt, repo):
         capture_output=True, text=True, cwd=repo, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert out.is_file()
+
+
+def test_predict_with_the_bundled_default(tmp_path, scan):
+    out = tmp_path / "o.npz"
+    assert main(["predict", str(scan), "--out", str(out)]) == 0  # --checkpoint default
+    with np.load(out) as result:
+        assert result["labels"].shape == result["confidence"].shape
