@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from close_blender import metrics
 from close_blender.errors import Cancelled, CheckpointError, CloseError, ScanError
 from close_blender.fileio import atomic_path
 from close_blender.labels import CLASS_NAMES, N_CLASSES, garments_from_labels
@@ -286,41 +287,29 @@ def make_batch(scans: Sequence[Scan], rng: np.random.Generator, n_points: int,
 
 
 def confusion(pred: np.ndarray, gt: np.ndarray, n: int = N_CLASSES) -> np.ndarray:
-    """(n, n) int64 confusion matrix, rows = ground truth."""
-    return np.bincount(gt.astype(np.int64) * n + pred.astype(np.int64),
-                       minlength=n * n).reshape(n, n)
-
-
-def scan_ious(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class IoU of one scan and the mask of classes present in prediction or truth."""
-    tp = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
-    present = union > 0
-    iou = np.where(present, tp / np.maximum(union, 1), 1.0)
-    return iou, present
+    """(n, n) int64 confusion matrix, rows = ground truth (the core's, argument order kept)."""
+    return metrics.confusion_matrix(gt, pred, n)
 
 
 def summarize_confusions(cms: Sequence[np.ndarray]) -> dict[str, Any]:
     """mIoU both ways, accuracy and per-class IoU over a set of scans.
 
-    ``miou_reference``: per scan, the mean IoU over all 18 classes where a class absent
-    from both prediction and truth scores 1.0 (the reference convention), averaged over
-    scans. ``miou_strict``: per scan, the mean over the classes present in prediction or
-    truth only, averaged over scans. ``per_class_iou``: from the summed confusion matrix,
-    None for classes that never occur.
+    The conventions are those of :mod:`close_blender.metrics`: ``miou_reference`` per
+    scan over all 18 classes (a class absent from both prediction and truth scores
+    1.0), ``miou_strict`` per scan over the classes present in either, both averaged
+    over scans; ``per_class_iou`` from the summed confusion matrix, None for classes
+    that never occur.
     """
-    ref, strict = [], []
-    for cm in cms:
-        iou, present = scan_ious(cm)
-        ref.append(float(iou.mean()))
-        strict.append(float(iou[present].mean()) if present.any() else 1.0)
+    ious = [metrics.per_class_iou(cm) for cm in cms]
+    strict = [metrics.miou_strict(iou) for iou in ious]
     total = np.sum(cms, axis=0) if len(cms) else np.zeros((N_CLASSES, N_CLASSES), np.int64)
-    iou, present = scan_ious(total)
+    pooled = metrics.per_class_iou(total)
     return {
-        "miou_strict": float(np.mean(strict)) if strict else float("nan"),
-        "miou_reference": float(np.mean(ref)) if ref else float("nan"),
+        "miou_strict": float(np.nanmean(strict)) if strict else float("nan"),
+        "miou_reference": (float(np.mean([metrics.miou_reference(iou) for iou in ious]))
+                           if ious else float("nan")),
         "accuracy": float(np.trace(total) / max(total.sum(), 1)),
-        "per_class_iou": {CLASS_NAMES[i]: (float(iou[i]) if present[i] else None)
+        "per_class_iou": {CLASS_NAMES[i]: (None if np.isnan(pooled[i]) else float(pooled[i]))
                           for i in range(N_CLASSES)},
         "n_scans": len(cms),
         "n_points": int(total.sum()),
