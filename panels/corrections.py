@@ -17,6 +17,7 @@ import bpy
 from ..close_blender import corrections as corr
 from ..close_blender import model_versions as mv
 from ..close_blender.labels import CLASS_NAMES, DISPLAY_NAMES
+from .base import SubPanel
 from .preferences import data_dir, get_prefs
 
 MAX_ROWS = 12
@@ -96,13 +97,9 @@ def metric_lines(info: mv.VersionInfo) -> list[str]:
     return lines
 
 
-class CLOSE_PT_corrections(bpy.types.Panel):
+class CLOSE_PT_corrections(SubPanel, bpy.types.Panel):
     bl_idname = "CLOSE_PT_corrections"
     bl_label = "Corrections & Versions"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "CloSe"
-    bl_parent_id = "CLOSE_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context: bpy.types.Context) -> None:

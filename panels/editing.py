@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import bpy
 
+from .base import SubPanel
 
-class CLOSE_PT_fix_labels(bpy.types.Panel):
+
+class CLOSE_PT_fix_labels(SubPanel, bpy.types.Panel):
     bl_idname = "CLOSE_PT_fix_labels"
     bl_label = "Fix Labels"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "CloSe"
-    bl_parent_id = "CLOSE_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 
     @classmethod

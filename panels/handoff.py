@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import bpy
 
+from .base import SubPanel
 
-class CLOSE_PT_handoff(bpy.types.Panel):
+
+class CLOSE_PT_handoff(SubPanel, bpy.types.Panel):
     bl_idname = "CLOSE_PT_handoff"
     bl_label = "Hand-off"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "CloSe"
-    bl_parent_id = "CLOSE_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context: bpy.types.Context) -> None:

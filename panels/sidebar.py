@@ -7,15 +7,13 @@ from pathlib import Path
 import bpy
 
 from ..close_blender.labels import DISPLAY_NAMES, N_CLASSES
+from .base import SidebarPanel, SubPanel
 from .preferences import current_checkpoint, get_prefs
 
 
-class CLOSE_PT_main(bpy.types.Panel):
+class CLOSE_PT_main(SidebarPanel, bpy.types.Panel):
     bl_idname = "CLOSE_PT_main"
     bl_label = "CloSe"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "CloSe"
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -34,13 +32,9 @@ class CLOSE_PT_main(bpy.types.Panel):
         layout.prop(settings, "show_label_colors")
 
 
-class CLOSE_PT_model(bpy.types.Panel):
+class CLOSE_PT_model(SubPanel, bpy.types.Panel):
     bl_idname = "CLOSE_PT_model"
     bl_label = "Model"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "CloSe"
-    bl_parent_id = "CLOSE_PT_main"
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -59,13 +53,9 @@ class CLOSE_PT_model(bpy.types.Panel):
                 col.label(text=line)
 
 
-class CLOSE_PT_garments(bpy.types.Panel):
+class CLOSE_PT_garments(SubPanel, bpy.types.Panel):
     bl_idname = "CLOSE_PT_garments"
     bl_label = "Garments"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "CloSe"
-    bl_parent_id = "CLOSE_PT_main"
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -79,13 +69,9 @@ class CLOSE_PT_garments(bpy.types.Panel):
             grid.prop(settings, "garments", index=i, text=DISPLAY_NAMES[i], toggle=True)
 
 
-class CLOSE_PT_body(bpy.types.Panel):
+class CLOSE_PT_body(SubPanel, bpy.types.Panel):
     bl_idname = "CLOSE_PT_body"
     bl_label = "Body"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "CloSe"
-    bl_parent_id = "CLOSE_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context: bpy.types.Context) -> None:
@@ -102,13 +88,9 @@ class CLOSE_PT_body(bpy.types.Panel):
         layout.operator("close.fit_body", icon="OUTLINER_OB_ARMATURE")
 
 
-class CLOSE_PT_result(bpy.types.Panel):
+class CLOSE_PT_result(SubPanel, bpy.types.Panel):
     bl_idname = "CLOSE_PT_result"
     bl_label = "Result"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "CloSe"
-    bl_parent_id = "CLOSE_PT_main"
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
