@@ -68,38 +68,34 @@ _TNET_MAP = {
 }
 # Published T-Net names that duplicate another entry; export writes both.
 _TNET_ALIASES = {"bn1": "conv1.1", "bn2": "conv2.1"}
-_PATTERNS = [
-    (re.compile(r"pc_enc\.convs\.(\d+)\.s_mlp\.(\d+)\.0\.(.+)"),
-     "point_encoder.edge_convs.{0}.layers.{1}.conv.{2}"),
-    (re.compile(r"pc_enc\.convs\.(\d+)\.s_mlp\.(\d+)\.1\.(.+)"),
-     "point_encoder.edge_convs.{0}.layers.{1}.bn.{2}"),
-    (re.compile(r"pc_enc\.lin_global\.0\.(.+)"), "point_encoder.global_conv.conv.{0}"),
-    (re.compile(r"pc_enc\.lin_global\.1\.(.+)"), "point_encoder.global_conv.bn.{0}"),
-    (re.compile(r"garm_enc\.garm_embedding\.weight"), "garment_encoder.codebook"),
-    (re.compile(r"garm_enc\.attn\.(.+)"), "garment_encoder.attn.{0}"),
-    (re.compile(r"garm_enc\.ff\.layers\.0\.0\.(.+)"), "garment_encoder.proj.conv.{0}"),
-    (re.compile(r"garm_enc\.ff\.layers\.0\.1\.(.+)"), "garment_encoder.proj.bn.{0}"),
-    (re.compile(r"garm_enc\.ln\.ln\.(.+)"), "garment_encoder.norm_a.{0}"),
-    (re.compile(r"garm_enc\.norm\.(.+)"), "garment_encoder.norm_b.{0}"),
-    (re.compile(r"segm_dec\.layers\.(\d+)\.0\.(.+)"), "decoder.layers.{0}.conv.{1}"),
-    (re.compile(r"segm_dec\.layers\.(\d+)\.1\.(.+)"), "decoder.layers.{0}.bn.{1}"),
+# Published key template <-> this project's key template. ``{i}``/``{j}`` are layer
+# indices, ``{rest}`` the parameter name; both directions are derived from this one table.
+_KEY_TEMPLATES = [
+    ("pc_enc.convs.{i}.s_mlp.{j}.0.{rest}", "point_encoder.edge_convs.{i}.layers.{j}.conv.{rest}"),
+    ("pc_enc.convs.{i}.s_mlp.{j}.1.{rest}", "point_encoder.edge_convs.{i}.layers.{j}.bn.{rest}"),
+    ("pc_enc.lin_global.0.{rest}", "point_encoder.global_conv.conv.{rest}"),
+    ("pc_enc.lin_global.1.{rest}", "point_encoder.global_conv.bn.{rest}"),
+    ("garm_enc.garm_embedding.weight", "garment_encoder.codebook"),
+    ("garm_enc.attn.{rest}", "garment_encoder.attn.{rest}"),
+    ("garm_enc.ff.layers.0.0.{rest}", "garment_encoder.proj.conv.{rest}"),
+    ("garm_enc.ff.layers.0.1.{rest}", "garment_encoder.proj.bn.{rest}"),
+    ("garm_enc.ln.ln.{rest}", "garment_encoder.norm_a.{rest}"),
+    ("garm_enc.norm.{rest}", "garment_encoder.norm_b.{rest}"),
+    ("segm_dec.layers.{i}.0.{rest}", "decoder.layers.{i}.conv.{rest}"),
+    ("segm_dec.layers.{i}.1.{rest}", "decoder.layers.{i}.bn.{rest}"),
 ]
-_REVERSE = [
-    (re.compile(r"point_encoder\.edge_convs\.(\d+)\.layers\.(\d+)\.conv\.(.+)"),
-     "pc_enc.convs.{0}.s_mlp.{1}.0.{2}"),
-    (re.compile(r"point_encoder\.edge_convs\.(\d+)\.layers\.(\d+)\.bn\.(.+)"),
-     "pc_enc.convs.{0}.s_mlp.{1}.1.{2}"),
-    (re.compile(r"point_encoder\.global_conv\.conv\.(.+)"), "pc_enc.lin_global.0.{0}"),
-    (re.compile(r"point_encoder\.global_conv\.bn\.(.+)"), "pc_enc.lin_global.1.{0}"),
-    (re.compile(r"garment_encoder\.codebook"), "garm_enc.garm_embedding.weight"),
-    (re.compile(r"garment_encoder\.attn\.(.+)"), "garm_enc.attn.{0}"),
-    (re.compile(r"garment_encoder\.proj\.conv\.(.+)"), "garm_enc.ff.layers.0.0.{0}"),
-    (re.compile(r"garment_encoder\.proj\.bn\.(.+)"), "garm_enc.ff.layers.0.1.{0}"),
-    (re.compile(r"garment_encoder\.norm_a\.(.+)"), "garm_enc.ln.ln.{0}"),
-    (re.compile(r"garment_encoder\.norm_b\.(.+)"), "garm_enc.norm.{0}"),
-    (re.compile(r"decoder\.layers\.(\d+)\.conv\.(.+)"), "segm_dec.layers.{0}.0.{1}"),
-    (re.compile(r"decoder\.layers\.(\d+)\.bn\.(.+)"), "segm_dec.layers.{0}.1.{1}"),
-]
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    """A full-match regex for a key template: indices are digits, ``rest`` anything."""
+    pattern = re.escape(template)
+    for name in ("i", "j"):
+        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)")
+    return re.compile(pattern.replace(re.escape("{rest}"), r"(?P<rest>.+)"))
+
+
+_PATTERNS = [(_template_regex(pub), native) for pub, native in _KEY_TEMPLATES]
+_REVERSE = [(_template_regex(native), pub) for pub, native in _KEY_TEMPLATES]
 
 
 def published_to_native_key(key: str) -> str | None:
@@ -113,7 +109,7 @@ def published_to_native_key(key: str) -> str | None:
     for pattern, template in _PATTERNS:
         m = pattern.fullmatch(key)
         if m:
-            return template.format(*m.groups())
+            return template.format(**m.groupdict())
     return None
 
 
@@ -134,7 +130,7 @@ def native_to_published_keys(key: str) -> list[str]:
     for pattern, template in _REVERSE:
         m = pattern.fullmatch(key)
         if m:
-            return [template.format(*m.groups())]
+            return [template.format(**m.groupdict())]
     raise CheckpointError(f"no published name for {key}")
 
 
