@@ -423,29 +423,6 @@ def auto_garments(labels: np.ndarray, min_share: float) -> np.ndarray:
     return keep
 
 
-def restrict_to_garments(prediction: Any, garments: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Labels limited to the chosen garments: (labels, confidence, points changed).
-
-    CloSe-Net's garment vector conditions the network but does not forbid other
-    classes, so a few points may still get a class the user excluded; they take
-    the most probable allowed class instead, with its (lower) probability as the
-    confidence, which keeps them visible as uncertain.
-    """
-    labels = np.asarray(prediction.labels, dtype=np.int64)
-    confidence = np.asarray(prediction.confidence, dtype=np.float32)
-    probs = getattr(prediction, "probabilities", None)
-    allowed = np.asarray(garments).astype(bool)
-    outside = ~allowed[labels]
-    if probs is None or not outside.any():
-        return labels, confidence, 0
-    probs = np.asarray(probs, dtype=np.float32)
-    masked = np.where(allowed[None, :], probs[outside], -1.0)
-    labels, confidence = labels.copy(), confidence.copy()
-    labels[outside] = masked.argmax(axis=1)
-    confidence[outside] = masked.max(axis=1)
-    return labels, confidence, int(outside.sum())
-
-
 @job("segment")
 def segment(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arrays]:
     """Segment a scan: fit the body, run CloSe-Net, and with garments "auto" run again
@@ -488,11 +465,11 @@ def segment(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arra
     else:
         prediction = run(garments, 0.55, 0.98, "Segmenting")
 
-    labels = np.asarray(prediction.labels, dtype=np.int64)
-    confidence = np.asarray(prediction.confidence, dtype=np.float32)
     relabelled = 0
     if params.get("restrict", True):
-        labels, confidence, relabelled = restrict_to_garments(prediction, garments)
+        prediction, relabelled = prediction.restricted(garments)
+    labels = np.asarray(prediction.labels, dtype=np.int64)
+    confidence = np.asarray(prediction.confidence, dtype=np.float32)
     counts, mean_conf = class_summary(labels, confidence)
     fields: Fields = {
         "garments": names_of(garments),

@@ -12,7 +12,7 @@ path (:mod:`inference.fused`) computes the same logits as the plain network.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,25 @@ class Prediction:
     labels: np.ndarray  # (N,) int64
     confidence: np.ndarray  # (N,) float32, max probability
     entropy: np.ndarray  # (N,) float32, natural log
+
+    def restricted(self, garments: Any) -> tuple[Prediction, int]:
+        """Labels limited to the classes set in ``garments``: (prediction, points changed).
+
+        CloSe-Net's garment vector conditions the network but does not forbid other
+        classes, so a few points may still get a class the scan does not list; they
+        take the most probable listed class instead, with its (lower) probability as
+        the confidence, which keeps them visible as uncertain. Logits, probabilities
+        and entropy stay the network's.
+        """
+        allowed = np.asarray(garments).astype(bool).reshape(-1)
+        outside = ~allowed[self.labels]
+        if not outside.any():
+            return self, 0
+        masked = np.where(allowed[None, :], self.probabilities[outside], -1.0)
+        labels, confidence = self.labels.copy(), self.confidence.copy()
+        labels[outside] = masked.argmax(axis=1)
+        confidence[outside] = masked.max(axis=1)
+        return replace(self, labels=labels, confidence=confidence), int(outside.sum())
 
 
 def _points_array(name: str, value: Any, n: int | None) -> np.ndarray:
@@ -143,11 +162,14 @@ class Predictor:
             torch.set_num_threads(previous)
 
     def predict(self, points, colors, normals, canon, garments, *, passes: int = 1,
-                order: str = "shuffled", seed: int = 0, progress: Progress | None = None,
+                order: str = "shuffled", seed: int = 0, restrict: bool = False,
+                progress: Progress | None = None,
                 cancelled: Callable[[], bool] | None = None) -> Prediction:
         """Logits, labels, probabilities, confidence and entropy for every point.
 
         points/normals/canon (N, 3); colors (N, 3) in 0-1 or 0-255; garments (18,) 0/1.
+        ``restrict``: labels only from the classes set in ``garments``
+        (:meth:`Prediction.restricted`); the logits are the network's either way.
         ``progress(fraction, stage)`` is called after each batch; ``cancelled()`` is
         checked before each batch and raises :class:`Cancelled` when true.
         """
@@ -221,7 +243,8 @@ class Predictor:
         else:
             probs = torch.from_numpy((prob_sum / passes).astype(np.float32))
             logits_t = torch.log(probs.clamp_min(1e-30))
-        return _summarize(logits_t, probs)
+        prediction = _summarize(logits_t, probs)
+        return prediction.restricted(garm)[0] if restrict else prediction
 
 
 def _summarize(logits: torch.Tensor, probs: torch.Tensor) -> Prediction:

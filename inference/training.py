@@ -81,6 +81,9 @@ class TrainConfig:
     logit_scale_init: float = 4.0
     head_lr_mult: float = 10.0
     extra_garments_prob: float = 0.3  # add 1-3 absent classes to the garments vector
+    # Cross-entropy over the listed garments only: the product labels every point with
+    # one of the garments in the vector, so the loss asks the same question.
+    mask_absent: bool = True
     val_max_points: int = 8192  # random subset of each validation scan (seeded, fixed)
     threads: int = 0  # torch intra-op threads; 0 = leave as is
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -259,6 +262,15 @@ def garments_input(scan: Scan, rng: np.random.Generator, extra_prob: float) -> n
     return g
 
 
+def mask_unlisted(logits: torch.Tensor, garments: torch.Tensor) -> torch.Tensor:
+    """(B, C, N) logits with the classes missing from ``garments`` (B, C) pushed far down.
+
+    The listed classes keep their logits, so a loss over the result is the cross-entropy
+    of choosing among the listed garments only.
+    """
+    return logits.masked_fill(garments[:, :, None] == 0, -1e4)
+
+
 def make_batch(scans: Sequence[Scan], rng: np.random.Generator, n_points: int,
                aug: AugmentConfig | None, extra_prob: float) -> dict[str, torch.Tensor]:
     """Stack one augmented ``n_points`` sample per scan into network inputs."""
@@ -317,13 +329,14 @@ def summarize_confusions(cms: Sequence[np.ndarray]) -> dict[str, Any]:
 
 
 def evaluate_scans(model: CloseNet, scans: Sequence[Scan], max_points: int = 0,
-                   seed: int = 0, garments: str = "scan",
+                   seed: int = 0, garments: str = "scan", restrict: bool = True,
                    cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Whole-scan predictions (the predictor's random 2048 chunks, eval path) against labels.
 
     ``max_points`` > 0 evaluates a fixed random subset of each scan (a random subset of a
     random subset keeps the chunks' density, so the estimate is unbiased). ``garments``:
-    ``scan`` uses the classes present in the labels, ``all`` sets all 18.
+    ``scan`` uses the classes present in the labels, ``all`` sets all 18. ``restrict``
+    labels every point with a listed class, as Segment in Blender does.
     """
     from inference.predictor import Predictor
 
@@ -341,7 +354,7 @@ def evaluate_scans(model: CloseNet, scans: Sequence[Scan], max_points: int = 0,
                                                                        replace=False))
             g = scan.garments if garments == "scan" else np.ones(N_CLASSES, np.float32)
             pred = predictor.predict(scan.points[idx], scan.colors[idx], scan.normals[idx],
-                                     scan.canon[idx], g, seed=seed + i)
+                                     scan.canon[idx], g, seed=seed + i, restrict=restrict)
             cms.append(confusion(pred.labels, scan.labels[idx]))
     finally:
         model.train(was_training)
@@ -492,6 +505,8 @@ def train(model_cfg: CloseNetConfig, cfg: TrainConfig, train_scans: Sequence[Sca
             batch = make_batch([train_scans[i] for i in pick], rng, cfg.n_points, cfg.augment,
                                cfg.extra_garments_prob)
             logits = model(batch["points"], batch["canon"], batch["garments"])
+            if cfg.mask_absent:
+                logits = mask_unlisted(logits, batch["garments"])
             loss = F.cross_entropy(logits, batch["labels"])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -514,7 +514,16 @@ class _FakePredictor:
         if progress:
             progress(1.0, "chunks")
         conf = np.full(n, 0.75, np.float32)
-        return types.SimpleNamespace(labels=labels, confidence=conf)
+        return _FakePrediction(labels, conf)
+
+
+class _FakePrediction(types.SimpleNamespace):
+    def __init__(self, labels, confidence):
+        super().__init__(labels=labels, confidence=confidence)
+
+    def restricted(self, garments):  # the labels above already keep to the garments
+        assert np.asarray(garments)[self.labels].all()
+        return self, 0
 
 
 def _fake_model_modules(monkeypatch, tmp_path, network: bool = True):
@@ -610,16 +619,21 @@ def test_fit_body_sends_text_params_as_plain_fields(monkeypatch):
         wire_array(a)  # everything returned as an array can travel
 
 
-def test_restrict_to_garments_moves_excluded_labels():
-    from inference.jobs import restrict_to_garments
+def test_restricted_prediction_moves_excluded_labels():
+    from inference.predictor import Prediction
 
     probs = np.array([[0.1, 0.6, 0.3] + [0] * 15, [0.7, 0.1, 0.2] + [0] * 15], np.float32)
-    pred = types.SimpleNamespace(labels=probs.argmax(1), confidence=probs.max(1), probabilities=probs)
+    pred = Prediction(logits=np.log(probs + 1e-9), probabilities=probs, labels=probs.argmax(1),
+                      confidence=probs.max(1), entropy=np.zeros(2, np.float32))
     garments = np.zeros(N_CLASSES, np.int32)
     garments[[1, 2]] = 1
-    labels, conf, changed = restrict_to_garments(pred, garments)
-    assert labels.tolist() == [1, 2] and changed == 1
-    np.testing.assert_allclose(conf, [0.6, 0.2])
+    out, changed = pred.restricted(garments)
+    assert out.labels.tolist() == [1, 2] and changed == 1
+    np.testing.assert_allclose(out.confidence, [0.6, 0.2])
+    np.testing.assert_array_equal(out.probabilities, probs)  # the network's, unchanged
+    assert pred.labels.tolist() == [1, 0]  # the original is not modified
+    garments[0] = 1
+    assert pred.restricted(garments) == (pred, 0)
 
 
 def test_segment_bad_input_is_a_user_error(monkeypatch, tmp_path):
