@@ -48,15 +48,22 @@ def write(tmp_path, name, arrays):
 
 
 def test_predict_writes_outputs(tmp_path, scan, ckpt, capsys):
-    out = tmp_path / "out.npz"
-    rc = main(["predict", str(scan), "--checkpoint", ckpt, "--out", str(out),
-               "--chunk-size", "256", "--order", "sequential", "--device", "cpu"])
+    out, raw = tmp_path / "out.npz", tmp_path / "raw.npz"
+    common = ["--checkpoint", ckpt, "--chunk-size", "256", "--order", "sequential",
+              "--device", "cpu"]
+    rc = main(["predict", str(scan), "--out", str(out), *common])
     assert rc == 0, capsys.readouterr().err
-    with np.load(out) as data:
+    assert main(["predict", str(scan), "--out", str(raw), "--no-restrict", *common]) == 0
+    listed = np.flatnonzero(scan_arrays()["garments"])
+    with np.load(out) as data, np.load(raw) as plain:
         assert data["logits"].shape == (N, 18) and data["logits"].dtype == np.float32
         assert data["labels"].shape == (N,) and data["labels"].dtype == np.int64
         assert data["confidence"].dtype == np.float32
-        np.testing.assert_array_equal(data["labels"], data["logits"].argmax(1))
+        np.testing.assert_array_equal(data["logits"], plain["logits"])
+        # labels keep to the listed garments: the best listed class of the logits
+        assert np.isin(data["labels"], listed).all()
+        np.testing.assert_array_equal(data["labels"], listed[data["logits"][:, listed].argmax(1)])
+        np.testing.assert_array_equal(plain["labels"], plain["logits"].argmax(1))
     assert "points/s" in capsys.readouterr().out
 
 

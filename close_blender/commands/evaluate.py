@@ -4,6 +4,7 @@ mIoU is reported two ways: miou_reference (the CloSe code's convention: per
 scan, a class absent from both prediction and ground truth scores 1.0, mean over
 scans) and miou_strict (per scan, only classes present in the prediction or the
 ground truth; mean over scans), plus miou_strict_pooled over all points.
+Labels keep to the scan's garments vector unless --no-restrict (see predict).
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def _evaluate(args: argparse.Namespace, paths: list) -> int:
         scan = load_scan(path, require=LABELLED_KEYS)
         pred = predictor.predict(scan["points"], scan["colors"], scan["normals"],
                                  scan["canon_pose"], scan["garments"], passes=args.passes,
-                                 order=args.order, seed=args.seed,
+                                 order=args.order, seed=args.seed, restrict=args.restrict,
                                  progress=None if args.json else progress_printer(path.name))
         results.append(scan_metrics(scan["labels"], pred.labels, len(CLASS_NAMES)))
     summary = aggregate(results, names=[str(p) for p in paths])
     summary["checkpoint"] = {"path": str(ckpt.path), "sha256": ckpt.sha256}
+    summary["restricted_to_garments"] = bool(args.restrict)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -3,7 +3,9 @@
 IN.npz needs points (normalized), colors, normals, canon_pose and garments
 (or --garments). OUT.npz gets logits (N, 18) float32, labels (N,) int64,
 confidence (N,) float32 and entropy (N,) float32. With --passes > 1 the logits
-are the log of the probabilities averaged over the passes.
+are the log of the probabilities averaged over the passes. Labels keep to the
+classes of the garments vector, as Segment in Blender does (--no-restrict: the
+network's plain argmax); the logits are the network's either way.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
                         help="shuffled (as the reference) or sequential (reproducible debugging)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--no-restrict", dest="restrict", action="store_false",
+                        help="keep labels of classes the garments vector does not list "
+                             "(the network's plain argmax; default: relabel them with the "
+                             "most probable listed class, as Segment in Blender does)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pred = predict_scan(scan, ckpt, device=args.device, chunk_size=args.chunk_size,
                         passes=args.passes, order=args.order, seed=args.seed,
-                        progress=progress_printer("predict"))
+                        restrict=args.restrict, progress=progress_printer("predict"))
     seconds = time.perf_counter() - start
     save_npz_atomic(args.out, {"logits": pred.logits, "labels": pred.labels,
                                "confidence": pred.confidence, "entropy": pred.entropy})
