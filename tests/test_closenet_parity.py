@@ -89,13 +89,14 @@ def test_fold_bn_is_exact_in_eval():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [3, 16])  # 3: the k-d tree, 16: the two-stage top-k
 @pytest.mark.parametrize("n", [1, 25, 40, 319, 320, 1001, 2048])
-def test_fast_knn_is_exact(n):
+def test_fast_knn_is_exact(n, dim):
     from inference.closenet import knn
     from inference.fused import knn_rows
 
     torch.manual_seed(n)
-    x = torch.randn(n, 16, dtype=torch.float64)  # float64: no near-ties from rounding
+    x = torch.randn(n, dim, dtype=torch.float64)  # float64: no near-ties from rounding
     k = min(40, n)
     fast = knn_rows(x, k, tile=128).sort(-1).values
     plain = knn(x.t().unsqueeze(0), k)[0].sort(-1).values
