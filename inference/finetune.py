@@ -50,6 +50,7 @@ from inference.training import (
     Scan,
     augment_sample,
     evaluate_scans,
+    mask_unlisted,
     scan_from_arrays,
 )
 
@@ -73,6 +74,7 @@ class FinetuneConfig:
     replay_passes: int = 1  # chunk passes cut from each replay / earlier correction
     max_replay_chunks: int = 8
     flag_threshold: float = 0.01  # replay strict mIoU may drop at most this much
+    mask_absent: bool = True  # cross-entropy over the scan's garments only, as in training
     eval_max_points: int = 4096
     seed: int = 0
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
@@ -136,6 +138,7 @@ class Chunk:
     inputs: tuple[torch.Tensor, ...]  # cached network inputs (depth depends on the layers)
     labels: torch.Tensor  # (n,)
     weights: torch.Tensor  # (n,)
+    garments: torch.Tensor  # (C,) the scan's garments vector
 
 
 def _chunk_indices(n: int, n_points: int, passes: int, rng: np.random.Generator
@@ -183,7 +186,8 @@ def build_pool(model: CloseNet, scans: Sequence[Scan], passes: int, cfg: Finetun
         else:
             inputs = (p, c, g)
         w = (np.ones(len(idx), np.float32) if scan.weights is None else scan.weights[idx])
-        pool.append(Chunk(inputs, torch.from_numpy(scan.labels[idx]), torch.from_numpy(w)))
+        pool.append(Chunk(inputs, torch.from_numpy(scan.labels[idx]), torch.from_numpy(w),
+                          g[0]))
     return pool
 
 
@@ -271,6 +275,8 @@ def tune(model: CloseNet, new: Sequence[Scan], earlier: Sequence[Scan], replay: 
                 or pool_new
             picks.append(src[int(rng.integers(len(src)))])
         logits = _forward(model, picks, cached)
+        if cfg.mask_absent:
+            logits = mask_unlisted(logits, torch.stack([c.garments for c in picks]))
         labels = torch.stack([c.labels for c in picks])
         weights = torch.stack([c.weights for c in picks])
         loss = weighted_ce(logits, labels, weights)
