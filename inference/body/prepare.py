@@ -104,7 +104,9 @@ def prepare_arrays(vertices: Any, faces: Any = None, colors: Any = None, normals
 
     if progress is not None:
         progress(0.97, "canonical coordinates and normals")
-    canon = canonical_coordinates(v, fit)
+    # Anny: interpolated on the nearest triangle (closer to the truth); an SMPL
+    # registration keeps CloSe's nearest-vertex lookup, what the published weights saw
+    canon = canonical_coordinates(v, fit, method="vertex" if body == "smpl" else "barycentric")
     if normals is not None:
         nrm = np.asarray(normals, dtype=np.float64).reshape(n, 3)
     elif f is not None:
