@@ -51,6 +51,7 @@ W_SKIN = 1.0     # scan points labelled skin, both ways
 TIGHT = 0.015    # metres: within this, skin-tight clothing or noise, the loss is symmetric
 ROBUST_SIGMA = 0.06  # metres; Geman-McClure scale: correspondences far beyond it barely count
 MIN_POINTS = 200
+LR_END = 0.05    # each stage's learning rate decays (cosine) to this fraction
 
 COARSE_BONES = (
     "spine03", "spine01", "neck01", "head",
@@ -357,8 +358,14 @@ class _Fitter:
         if shape:
             groups.append({"params": [state["phen"]], "lr": lr * 2})
         opt = torch.optim.Adam(groups)
+        base_lr = [g["lr"] for g in opt.param_groups]
         loss_items = None
         for it in range(iters):
+            # cosine decay to LR_END of the start: Adam's unit-size steps on noisy
+            # (resampled) gradients otherwise keep weakly held limbs wandering
+            decay = LR_END + (1 - LR_END) * 0.5 * (1 + np.cos(np.pi * it / max(1, iters)))
+            for g, lr0 in zip(opt.param_groups, base_lr, strict=True):
+                g["lr"] = lr0 * decay
             if self.cancelled is not None and self.cancelled():
                 raise Cancelled()
             if it % 10 == 0 and self.progress is not None:
@@ -404,12 +411,42 @@ def _select(state: dict[str, Any], rows: list[int]) -> dict[str, Any]:
     return {k: v.detach()[rows].clone().requires_grad_(k != "pose") for k, v in state.items()}
 
 
+def _arm_direction(side: float, elevation: float, forward: float) -> np.ndarray:
+    """Unit arm-segment direction in the body frame: degrees above horizontal, towards +z."""
+    el, fw = np.radians(elevation), np.radians(forward)
+    return np.array([side * np.cos(el) * np.cos(fw), np.sin(el), np.cos(el) * np.sin(fw)])
+
+
+def _arm_rotations(body: AnnyBody, side: str, upper: np.ndarray,
+                   lower: np.ndarray) -> dict[str, list[float]]:
+    """Rotations putting one arm's upper and lower segments along the given directions."""
+    from scipy.spatial.transform import Rotation
+
+    from .anny_body import _rotvec_between
+
+    heads = body._rest_bone_heads_yup
+    s = heads[body.bone_index(f"upperarm01.{side}")]
+    e = heads[body.bone_index(f"lowerarm01.{side}")]
+    w = heads[body.bone_index(f"wrist.{side}")]
+    r_up = _rotvec_between(e - s, upper)
+    local_lower = Rotation.from_rotvec(r_up).as_matrix().T @ lower
+    r_low = _rotvec_between(w - e, local_lower)
+    return {f"upperarm01.{side}": list(map(float, r_up)),
+            f"lowerarm01.{side}": list(map(float, r_low))}
+
+
 def _arm_variants(body: AnnyBody) -> list[dict[str, list[float]]]:
+    """Arm starts: rest A-pose, T-pose, arms hanging straight (a coat's sleeves hide
+    them; a bent-elbow start would leave the hands inside the coat), arms down with
+    bent elbows (hands in front of the body)."""
     t = body._tpose_rotations()
-    down = {}
+    hanging: dict[str, list[float]] = {}
+    bent = {}
     for side, sign in (("L", 1.0), ("R", -1.0)):
-        down[f"upperarm01.{side}"] = [0.0, 0.0, -sign * 0.55]
-    return [{}, {k: list(v) for k, v in t.items()}, down]
+        hanging.update(_arm_rotations(body, side, _arm_direction(sign, -80.0, 5.0),
+                                      _arm_direction(sign, -75.0, 15.0)))
+        bent[f"upperarm01.{side}"] = [0.0, 0.0, -sign * 0.55]
+    return [{}, {k: list(v) for k, v in t.items()}, hanging, bent]
 
 
 def fit_anny(vertices: Any, faces: Any = None, *, up: str = "auto", skin_mask: Any = None,
