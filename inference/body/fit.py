@@ -51,6 +51,8 @@ W_SKIN = 1.0     # scan points labelled skin, both ways
 TIGHT = 0.015    # metres: within this, skin-tight clothing or noise, the loss is symmetric
 ROBUST_SIGMA = 0.06  # metres; Geman-McClure scale: correspondences far beyond it barely count
 MIN_POINTS = 200
+W_SELF = 30.0    # forearms and hands inside the body's own trunk or legs (squared metres)
+FINE_STARTS = 2  # coarse results that go on to the fine stage; the best final loss wins
 LR_END = 0.05    # each stage's learning rate decays (cosine) to this fraction
 
 COARSE_BONES = (
@@ -254,6 +256,11 @@ class _Fitter:
         self.rng = rng
         self.iterations = 0
         self.score_lam = 0.0
+        # canonical (T-pose) regions: forearms and hands may not sink into the trunk/legs
+        cv = np.asarray(body.canonical_vertices, dtype=np.float64)
+        arm = (np.abs(cv[:, 0]) > 0.15) & (cv[:, 1] > 0.0)
+        self.limb_idx = torch.as_tensor(np.flatnonzero(arm & (np.abs(cv[:, 0]) > 0.40)))
+        self.trunk_idx = torch.as_tensor(np.flatnonzero(~arm))
 
     def subset(self, n: int) -> np.ndarray:
         if len(self.points) <= n:
@@ -261,7 +268,8 @@ class _Fitter:
         return np.sort(self.rng.choice(len(self.points), n, replace=False))
 
     def loss(self, verts: Any, sub: np.ndarray, sigma: float = ROBUST_SIGMA,
-             w_in: float = W_IN, sigma_s2b: float | None = None, lam: float = 0.0) -> Any:
+             w_in: float = W_IN, sigma_s2b: float | None = None, lam: float = 0.0,
+             w_in_s2b: float | None = None) -> Any:
         """Per-batch-item data loss (B,) for posed body vertices (B, V, 3).
 
         With ``lam`` > 0 (and oriented scan normals) correspondences are nearest
@@ -306,13 +314,31 @@ class _Fitter:
             sq2 = (d2 * d2).sum(-1)
             sig2 = sigma_s2b or sigma
             tight2 = W_OUT * _gm(sq2.clamp(max=TIGHT * TIGHT), sig2)
-            w2 = torch.where(s2 < 0, W_OUT, w_in)
+            w2 = torch.where(s2 < 0, W_OUT, w_in if w_in_s2b is None else w_in_s2b)
             if skin is not None:
                 w2 = torch.where(skin > 0, torch.full_like(w2, W_SKIN), w2)
             l_s2b = torch.where(s2 < 0, w2 * _gm(sq2, sig2),
                                 tight2 + w2 * _gm(sq2, sig2)).mean()
-            out.append(l_b2s + l_s2b)
+            out.append(l_b2s + l_s2b + W_SELF * self.self_penetration(verts[b], nb[b]))
         return torch.stack(out)
+
+    def self_penetration(self, verts: Any, normals: Any) -> Any:
+        """Mean squared depth of forearm and hand vertices inside the trunk or legs.
+
+        A loose garment lets a limb hide inside the body's own clothing (a hand in the
+        thigh of wide trousers, forearms in a coat's front) at almost no data cost;
+        the depth below the nearest trunk vertex's tangent plane says it is inside.
+        """
+        from scipy.spatial import cKDTree
+
+        torch = self.torch
+        limb = verts[self.limb_idx]
+        trunk = verts[self.trunk_idx]
+        d, j = cKDTree(trunk.detach().cpu().numpy()).query(limb.detach().cpu().numpy(), k=1)
+        j = torch.as_tensor(j)
+        depth = -((limb - trunk[j]) * normals[self.trunk_idx][j]).sum(-1)
+        near = torch.as_tensor(d < 0.1)
+        return torch.where(near, torch.relu(depth) ** 2, torch.zeros_like(depth)).mean()
 
     def posed(self, state: dict[str, Any]) -> Any:
         """Posed vertices (B, V, 3) of a state, in the fit frame."""
@@ -345,7 +371,8 @@ class _Fitter:
     def run(self, state: dict[str, Any], bones: tuple[str, ...], iters: int, n_points: int,
             lr: float, frac: tuple[float, float], stage: str, shape: bool = True,
             sigma: float = ROBUST_SIGMA, w_in: float = W_IN,
-            sigma_s2b: float | None = None, lam: float = 0.0) -> Any:
+            sigma_s2b: float | None = None, lam: float = 0.0,
+            w_in_s2b: float | None = None) -> Any:
         """Adam on the state's tensors; returns the final per-item loss (B,)."""
         torch = self.torch
         idx = [self.body.bone_index(b) for b in bones]
@@ -378,7 +405,7 @@ class _Fitter:
             phen = torch.sigmoid(state["phen"])
             verts = self.body.forward(phen, pose, state["transl"],
                                       torch.exp(state["logscale"]))
-            data = self.loss(verts, sub, sigma, w_in, sigma_s2b, lam)
+            data = self.loss(verts, sub, sigma, w_in, sigma_s2b, lam, w_in_s2b)
             prior = 2e-3 * (pose_sel ** 2 * prior_w[None, :, None]).sum((1, 2)) if bones else 0
             z0 = torch.logit(torch.as_tensor(MEAN_PHENOTYPES))
             shape_prior = 1e-3 * ((state["phen"] - z0) ** 2).sum(1)
@@ -512,10 +539,13 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
     pc_normals = pca_normals(vs) if ns is None else None
     skin_s = None if skin is None else skin[sub_idx]
 
+    score_idx = np.sort(rng.choice(len(vs), min(len(vs), 2000), replace=False))
+
     def fitter_for(rot: np.ndarray, unit: float) -> _Fitter:
         pts = unit * (vs - centre) @ rot.T
         nrm = None if ns is None else ns @ rot.T
         ft = _Fitter(body, pts, nrm, skin_s, progress, cancelled, rng)
+        ft._score_idx = score_idx  # the same points rank every start
         if pc_normals is not None:
             ft._pc_normals = pc_normals @ rot.T
         return ft
@@ -537,9 +567,9 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
         scored.append((float(ft.score(state)[0]), si, state))
     scored.sort(key=lambda x: x[0])
 
-    # ---- coarse pose and shape: the two best orientations x three arm starts
+    # ---- coarse pose and shape: the two best orientations x the arm starts
     variants = _arm_variants(body)
-    best = None
+    cands = []
     for rank, (_, si, state0) in enumerate(scored[:2]):
         rot, unit, _note = starts[si]
         ft = fitter_for(rot, unit)
@@ -548,23 +578,37 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
             if rots:
                 state["pose"][i] = body.pose_from_rotations(rots)[0]
         ft.run(state, COARSE_BONES, max(20, int(80 * effort)), 1200, 0.02,
-               (0.25 + 0.15 * rank, 0.4 + 0.15 * rank), "body fit: pose and shape (coarse)",
+               (0.25 + 0.1 * rank, 0.35 + 0.1 * rank), "body fit: pose and shape (coarse)",
                sigma=0.15, w_in=0.3, sigma_s2b=0.5, lam=0.05)
         iters += ft.iterations
         sc = ft.score(state)
-        k = int(torch.argmin(sc))
-        if best is None or float(sc[k]) < best[0]:
-            best = (float(sc[k]), si, _select(state, [k]))
-    assert best is not None
-    _, si, state = best
+        cands += [(float(sc[k]), si, _select(state, [k])) for k in range(len(variants))]
+    cands.sort(key=lambda c: c[0])
+
+    # ---- fine, from the FINE_STARTS best coarse results (one batch per orientation):
+    # the coarse ranking is noisy, so the final loss decides
+    finals = []
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for _, si, st in cands[:FINE_STARTS]:
+        groups.setdefault(si, []).append(st)
+    for gi, (si, sts) in enumerate(groups.items()):
+        rot, unit, _note = starts[si]
+        ft = fitter_for(rot, unit)
+        state = {k: torch.cat([s_[k] for s_ in sts]).detach().clone().requires_grad_(k != "pose")
+                 for k in sts[0]}
+        lo_f = 0.45 + 0.5 * gi / len(groups)
+        hi_f = 0.45 + 0.5 * (gi + 1) / len(groups)
+        mid = lo_f + 0.75 * (hi_f - lo_f)
+        ft.run(state, FINE_BONES, max(30, int(150 * effort)), 2500, 0.01, (lo_f, mid),
+               "body fit: pose and shape (fine)", sigma=0.08, w_in=0.15)
+        ft.run(state, FINE_BONES, max(10, int(50 * effort)), 4000, 0.004, (mid, hi_f),
+               "body fit: refine")
+        iters += ft.iterations
+        sc = ft.score(state)
+        finals += [(float(sc[k]), si, _select(state, [k])) for k in range(len(sts))]
+    finals.sort(key=lambda c: c[0])
+    _, si, state = finals[0]
     rot, unit, unit_note = starts[si]
-    ft = fitter_for(rot, unit)
-    # ---- fine
-    ft.run(state, FINE_BONES, max(30, int(150 * effort)), 2500, 0.01, (0.55, 0.9),
-           "body fit: pose and shape (fine)", sigma=0.08, w_in=0.15)
-    ft.run(state, FINE_BONES, max(10, int(50 * effort)), 4000, 0.004, (0.9, 0.95),
-           "body fit: refine")
-    iters += ft.iterations
 
     # ---- final body on the default topology, in the scan frame
     report(0.95, "body fit: quality")
