@@ -52,6 +52,7 @@ TIGHT = 0.015    # metres: within this, skin-tight clothing or noise, the loss i
 ROBUST_SIGMA = 0.06  # metres; Geman-McClure scale: correspondences far beyond it barely count
 MIN_POINTS = 200
 W_SELF = 30.0    # forearms and hands inside the body's own trunk or legs (squared metres)
+SELF_SLACK = 0.02  # metres of that depth allowed: a hand resting on a soft belly
 FINE_STARTS = 2  # coarse results that go on to the fine stage; the best final loss wins
 LR_END = 0.05    # each stage's learning rate decays (cosine) to this fraction
 
@@ -261,6 +262,8 @@ class _Fitter:
         arm = (np.abs(cv[:, 0]) > 0.15) & (cv[:, 1] > 0.0)
         self.limb_idx = torch.as_tensor(np.flatnonzero(arm & (np.abs(cv[:, 0]) > 0.40)))
         self.trunk_idx = torch.as_tensor(np.flatnonzero(~arm))
+        # hands are seldom covered: a hand inside the scan surface costs as much as outside
+        self.bare = torch.as_tensor(arm & (np.abs(cv[:, 0]) > 0.68))
 
     def subset(self, n: int) -> np.ndarray:
         if len(self.points) <= n:
@@ -303,7 +306,7 @@ class _Fitter:
             s = (d * ns).sum(-1)
             sq = (d * d).sum(-1)
             tight = W_OUT * _gm(sq.clamp(max=TIGHT * TIGHT), sigma)
-            w = torch.where(s > 0, W_OUT, w_in)
+            w = torch.where((s > 0) | self.bare, W_OUT, w_in)
             if skin is not None:
                 w = torch.where(skin[k] > 0, torch.full_like(w, W_SKIN), w)
             l_b2s = torch.where(s > 0, w * _gm(sq, sigma), tight + w * _gm(sq, sigma)).mean()
@@ -338,7 +341,8 @@ class _Fitter:
         j = torch.as_tensor(j)
         depth = -((limb - trunk[j]) * normals[self.trunk_idx][j]).sum(-1)
         near = torch.as_tensor(d < 0.1)
-        return torch.where(near, torch.relu(depth) ** 2, torch.zeros_like(depth)).mean()
+        return torch.where(near, torch.relu(depth - SELF_SLACK) ** 2,
+                           torch.zeros_like(depth)).mean()
 
     def posed(self, state: dict[str, Any]) -> Any:
         """Posed vertices (B, V, 3) of a state, in the fit frame."""
