@@ -571,10 +571,15 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
         scored.append((float(ft.score(state)[0]), si, state))
     scored.sort(key=lambda x: x[0])
 
-    # ---- coarse pose and shape: the two best orientations x the arm starts
+    # ---- coarse pose and shape: the two best orientations and the best one with another
+    # up axis (a coat's flared hem looks like shoulders to a rigid fit) x the arm starts
+    picks = scored[:2]
+    other_up = [c for c in scored if not np.allclose(starts[c[1]][0][1], starts[scored[0][1]][0][1])]
+    if other_up and other_up[0][1] not in {c[1] for c in picks}:
+        picks.append(other_up[0])
     variants = _arm_variants(body)
     cands = []
-    for rank, (_, si, state0) in enumerate(scored[:2]):
+    for rank, (_, si, state0) in enumerate(picks):
         rot, unit, _note = starts[si]
         ft = fitter_for(rot, unit)
         state = _select(state0, [0] * len(variants))
@@ -582,7 +587,8 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
             if rots:
                 state["pose"][i] = body.pose_from_rotations(rots)[0]
         ft.run(state, COARSE_BONES, max(20, int(80 * effort)), 1200, 0.02,
-               (0.25 + 0.1 * rank, 0.35 + 0.1 * rank), "body fit: pose and shape (coarse)",
+               (0.25 + 0.2 * rank / len(picks), 0.25 + 0.2 * (rank + 1) / len(picks)),
+               "body fit: pose and shape (coarse)",
                sigma=0.15, w_in=0.3, sigma_s2b=0.5, lam=0.05)
         iters += ft.iterations
         sc = ft.score(state)
