@@ -139,3 +139,48 @@ def test_canonical_lookup_methods() -> None:
     np.testing.assert_allclose(c, canon[f].mean(0), atol=2e-3)
     with pytest.raises(ScanError):
         canonical_from_body(np.full((2, 3), np.nan), v, body.faces, canon)
+
+
+def test_verdict_flags_a_large_p95_residual() -> None:
+    from inference.body.fit import P95_FAIL, verdict
+
+    good = {"unexplained_fraction": 0.05, "residual_median_m": 0.01, "residual_mean_m": 0.03,
+            "residual_p95_m": 0.14, "scan_inside_body_fraction": 0.01, "coverage": 0.9,
+            "outside_fraction": 0.01}
+    ok, msg = verdict(good)
+    assert ok, msg
+    ok, msg = verdict({**good, "residual_p95_m": P95_FAIL + 0.03})
+    assert not ok and "FAILED" in msg and "misplaced" in msg
+
+
+def test_self_penetration_of_a_hand_in_the_thigh() -> None:
+    """The rest pose costs nothing; a forearm swung into the thigh does."""
+    from inference.body.fit import _arm_direction, _arm_rotations, _Fitter, _vertex_normals_t
+
+    body = AnnyBody("reduced")
+    rest = body.posed_numpy()
+    ft = _Fitter(body, rest, None, None, None, None, np.random.default_rng(0))
+    # upper arm hanging, forearm pointing down and across the body: the hand is in the hip
+    inside = body.pose_from_rotations(_arm_rotations(body, "L", _arm_direction(1.0, -85, 0),
+                                                     _arm_direction(-1.0, -45, 0)))
+    verts = torch.as_tensor(np.stack([rest, body.posed_numpy(None, inside)]),
+                            dtype=torch.float32)
+    normals = _vertex_normals_t(verts, torch.as_tensor(body.faces, dtype=torch.long))
+    pen = [float(ft.self_penetration(verts[b], normals[b])) for b in range(2)]
+    assert pen[0] == 0.0
+    assert pen[1] > 3e-4, pen
+
+
+def test_arm_starts_hang_and_bend() -> None:
+    """The hanging start's hands are beside the thighs, well below the rest pose's."""
+    from inference.body.fit import _arm_variants
+
+    body = AnnyBody("reduced")
+    cv = np.asarray(body.canonical_vertices)
+    hand = np.abs(cv[:, 0]) > 0.7
+    variants = _arm_variants(body)
+    assert len(variants) == 4
+    rest = body.posed_numpy()
+    hanging = body.posed_numpy(None, body.pose_from_rotations(variants[2]))
+    assert hanging[hand, 1].mean() < rest[hand, 1].mean() - 0.1
+    assert np.abs(hanging[hand, 0]).min() > 0.1  # beside the body, not in front of it
