@@ -179,7 +179,7 @@ def test_arm_starts_hang_and_bend() -> None:
     cv = np.asarray(body.canonical_vertices)
     hand = np.abs(cv[:, 0]) > 0.7
     variants = _arm_variants(body)
-    assert len(variants) == 4
+    assert len(variants) == 5
     rest = body.posed_numpy()
     hanging = body.posed_numpy(None, body.pose_from_rotations(variants[2]))
     assert hanging[hand, 1].mean() < rest[hand, 1].mean() - 0.1

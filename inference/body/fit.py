@@ -11,8 +11,9 @@ Pipeline (all in metres, in a *fit frame*: the body frame of
    axes, both signs) times four facings (both ways along the horizontal principal
    axes) start a rigid + height fit; the two best starts and the best start with
    another up axis (a coat's flared hem can pass for shoulders upside down) go on.
-4. Pose and shape, coarse to fine on the reduced topology, from four arm starts
-   (A-pose, T-pose, arms hanging straight, arms down with bent elbows) in one batch
+4. Pose and shape, coarse to fine on the reduced topology, from five arm starts
+   (A-pose, T-pose, arms hanging straight, arms down with bent elbows, forearms
+   folded across the belly) in one batch
    per orientation; the ``FINE_STARTS`` best continue with more bones and more scan
    points, and the lowest final loss wins. KD-tree (cKDTree) correspondences are
    refreshed every iteration; learning rates decay (cosine) within each stage.
@@ -475,15 +476,21 @@ def _arm_rotations(body: AnnyBody, side: str, upper: np.ndarray,
 def _arm_variants(body: AnnyBody) -> list[dict[str, list[float]]]:
     """Arm starts: rest A-pose, T-pose, arms hanging straight (a coat's sleeves hide
     them; a bent-elbow start would leave the hands inside the coat), arms down with
-    bent elbows (hands in front of the body)."""
+    bent elbows (hands in front of the body), forearms folded across the belly
+    (crossed arms, hands on the belly: from elsewhere the forearms cannot get there
+    without passing through the trunk)."""
     t = body._tpose_rotations()
     hanging: dict[str, list[float]] = {}
+    folded: dict[str, list[float]] = {}
     bent = {}
     for side, sign in (("L", 1.0), ("R", -1.0)):
         hanging.update(_arm_rotations(body, side, _arm_direction(sign, -80.0, 5.0),
                                       _arm_direction(sign, -75.0, 15.0)))
+        across = np.array([-sign * 0.8, -0.1, 0.6])
+        folded.update(_arm_rotations(body, side, _arm_direction(sign, -70.0, 25.0),
+                                     across / np.linalg.norm(across)))
         bent[f"upperarm01.{side}"] = [0.0, 0.0, -sign * 0.55]
-    return [{}, {k: list(v) for k, v in t.items()}, hanging, bent]
+    return [{}, {k: list(v) for k, v in t.items()}, hanging, bent, folded]
 
 
 def fit_anny(vertices: Any, faces: Any = None, *, up: str = "auto", skin_mask: Any = None,
