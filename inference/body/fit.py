@@ -60,7 +60,7 @@ MIN_POINTS = 200
 P95_FAIL = 0.2   # metres: a fit whose 95th-percentile residual exceeds this is not trusted
 W_SELF = 30.0    # forearms and hands inside the body's own trunk or legs (squared metres)
 SELF_SLACK = 0.02  # metres of that depth allowed: a hand resting on a soft belly
-FINE_STARTS = 2  # coarse results that go on to the fine stage; the best final loss wins
+FINE_STARTS = 3  # coarse results that go on to the fine stage; the best final loss wins
 LR_END = 0.05    # each stage's learning rate decays (cosine) to this fraction
 
 COARSE_BONES = (
