@@ -7,7 +7,7 @@ uses its defaults (fused eval path, batched chunks, inference mode). Rounds
 alternate between the two so that background load hits both alike; the best
 round of each is reported, with their ratio and the label agreement.
 
-    .venv/bin/python benchmarks/predict_throughput.py [--points 100000] [--rounds 2]
+    .venv/bin/python benchmarks/predict_throughput.py [--points 100000] [--rounds 3]
     .venv/bin/python benchmarks/predict_throughput.py --memory 1000000   # peak RSS
     .venv/bin/python benchmarks/predict_throughput.py --threads 1   # both on one core
 
@@ -76,7 +76,7 @@ def peak_rss_mib() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for both (default: one per core)")
     parser.add_argument("--memory", type=int, default=0, metavar="N",
