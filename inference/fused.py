@@ -78,8 +78,9 @@ def topk_indices(d: torch.Tensor, k: int, n: int) -> torch.Tensor:
 def knn_rows(x: torch.Tensor, k: int, tile: int = 256) -> torch.Tensor:
     """k nearest (self included) of each point of x (N, C): indices (N, k).
 
-    Points in 3-D on the CPU (the T-Net's graph) go through a k-d tree, twice as fast
-    as the brute-force search there and the same neighbours. Otherwise the same ranking as the reference (``2 x_i.x_j - |x_i|^2 - |x_j|^2``, largest
+    Points in 3-D on the CPU (the T-Net's graph) go through a k-d tree, about twice
+    as fast as the brute-force search there and the same neighbours. Otherwise the
+    same ranking as the reference (``2 x_i.x_j - |x_i|^2 - |x_j|^2``, largest
     first), by tiles of rows so the distance block stays in cache. Rows are padded
     with -inf (never chosen while N >= k): to a multiple of the block size for the
     two-stage search, and for short rows on CPU to 64 k columns, where torch's CPU
