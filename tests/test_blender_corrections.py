@@ -179,7 +179,9 @@ def test_finetune_activate_flag_and_rollback(clean_scene, blender_ext, data, syn
     assert mv.active_version(data) is None
     assert ops.current_checkpoint(bpy.context) == str(CHECKPOINT)
 
-    assert _finetune(replay) == {"FINISHED"}
+    # A guard that lets anything pass: this round must be activated on its own (whether two
+    # tiny steps help or hurt depends on the bundled model; the guard is tested below).
+    assert _finetune(replay, flag_threshold=1.0) == {"FINISHED"}
     (v1,) = mv.list_versions(mv.models_dir(data))
     assert v1.ok and not v1.flagged and v1.metrics_before and v1.metrics_after
     assert v1.metrics_after["replay"]["n_scans"] == 1
