@@ -248,7 +248,9 @@ class _Fitter:
 
     def __init__(self, body: AnnyBody, points: np.ndarray, normals: np.ndarray | None,
                  skin: np.ndarray | None, progress: Progress, cancelled: CancelCheck,
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, score_idx: np.ndarray | None = None) -> None:
+        """``score_idx``: the scan points :meth:`score` uses (pass the same ones to every
+        fitter whose results are compared); by default a random 2000."""
         import torch
         from scipy.spatial import cKDTree
 
@@ -258,6 +260,7 @@ class _Fitter:
         self.normals = normals  # (N, 3) or None (point cloud: signs follow the body)
         self.skin = skin
         self.tree = cKDTree(points)
+        self.score_idx = score_idx
         self.faces_t = torch.as_tensor(body.faces, dtype=torch.long)
         self.progress = progress
         self.cancelled = cancelled
@@ -373,10 +376,10 @@ class _Fitter:
     def score(self, state: dict[str, Any]) -> Any:
         """Sharp data loss (B,) on a fixed subset: ranks starts fairly."""
         torch = self.torch
-        if not hasattr(self, "_score_idx"):
-            self._score_idx = self.subset(2000)
+        if self.score_idx is None:
+            self.score_idx = self.subset(2000)
         with torch.no_grad():
-            return self.loss(self.posed(state), self._score_idx, sigma=0.1, w_in=0.3,
+            return self.loss(self.posed(state), self.score_idx, sigma=0.1, w_in=0.3,
                              lam=self.score_lam)
 
     def run(self, state: dict[str, Any], bones: tuple[str, ...], iters: int, n_points: int,
@@ -561,8 +564,8 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
     def fitter_for(rot: np.ndarray, unit: float) -> _Fitter:
         pts = unit * (vs - centre) @ rot.T
         nrm = None if ns is None else ns @ rot.T
-        ft = _Fitter(body, pts, nrm, skin_s, progress, cancelled, rng)
-        ft._score_idx = score_idx  # the same points rank every start
+        # the same points rank every start
+        ft = _Fitter(body, pts, nrm, skin_s, progress, cancelled, rng, score_idx)
         if pc_normals is not None:
             ft._pc_normals = pc_normals @ rot.T
         return ft
