@@ -216,6 +216,21 @@ def test_cli_writes_npz_and_matching_mesh(tmp_path):
     assert main(["synth", str(out), "--classes", "nonsense"]) == 2
 
 
+def test_cli_start_gives_the_same_scan_as_a_full_run(tmp_path):
+    """--start splits a set across processes: scan i is the same whichever run made it."""
+    from close_blender.cli import main
+    from inference.synth import generate_scan
+
+    assert main(["synth", str(tmp_path), "--start", "1", "--count", "1", "--seed", "7",
+                 "--points", "2000", "--mesh-format", "none"]) == 0
+    assert [f.name for f in tmp_path.iterdir()] == ["synth_7_0001.npz"]
+    scan = load_scan(tmp_path / "synth_7_0001.npz", LABELLED_KEYS)
+    ref = generate_scan(7, 2000, index=1)
+    np.testing.assert_array_equal(scan["labels"], ref["labels"])
+    np.testing.assert_allclose(scan["points"], ref["points"], atol=1e-6)
+    assert main(["synth", str(tmp_path), "--start", "-1"]) == 2
+
+
 def test_ply_roundtrip(scans, tmp_path):
     from inference.synth import mesh_vertices
     from inference.synth.meshwrite import write_mesh

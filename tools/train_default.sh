@@ -32,8 +32,16 @@ make_set() {  # name seed count: generate unless all files are there already
     if [ "$have" -lt "$3" ]; then
         echo "== generating $3 $1 scans (seed $2)"
         rm -rf "$dir"
-        "$PY" -m close_blender synth "$dir" --count "$3" --seed "$2" --points "$POINTS" \
-            --mesh-format none
+        # two processes, one per core: scan i depends only on (seed, i)
+        local half=$(( ($3 + 1) / 2 ))
+        "$PY" -m close_blender synth "$dir" --count "$half" --seed "$2" --points "$POINTS" \
+            --mesh-format none &
+        local pid=$!
+        if [ "$3" -gt "$half" ]; then
+            "$PY" -m close_blender synth "$dir" --start "$half" --count $(( $3 - half )) \
+                --seed "$2" --points "$POINTS" --mesh-format none
+        fi
+        wait "$pid"
     fi
 }
 

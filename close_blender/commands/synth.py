@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", help="folder for the scans (created if missing)")
     parser.add_argument("--count", type=int, default=1, help="number of scans (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--start", type=int, default=0,
+                        help="index of the first scan (default 0): scans START..START+COUNT-1 "
+                             "of the seed, to extend a set or split it across processes")
     parser.add_argument("--points", type=int, default=30000,
                         help="vertices per scan (default 30000)")
     parser.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
@@ -36,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.count < 1:
         raise CloseError(f"--count must be at least 1, not {args.count}")
+    if args.start < 0:
+        raise CloseError(f"--start must be 0 or more, not {args.start}")
     if not 1000 <= args.points <= 500000:
         raise CloseError(f"--points {args.points} is out of range",
                          "use between 1000 and 500000 points")
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             raise CloseError(str(exc), "use class names like TShirt, Pants, Hair") from None
     from inference.synth import generate_scan, write_scan
 
-    for i in range(args.count):
+    for i in range(args.start, args.start + args.count):
         t0 = time.perf_counter()
         scan = generate_scan(args.seed, args.points, classes, index=i)
         stem = f"{args.prefix}_{args.seed}_{i:04d}"
