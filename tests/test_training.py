@@ -17,6 +17,7 @@ from inference.training import (
     AugmentConfig,
     TrainConfig,
     augment_sample,
+    class_weights,
     confusion,
     garments_input,
     load_scans,
@@ -110,6 +111,17 @@ def test_metrics_both_conventions():
     assert m["miou_strict"] == pytest.approx(0.5)
     assert m["miou_reference"] == pytest.approx((15 + 1.0 + 0.5) / 18)
     assert m["per_class_iou"]["Body"] == 1.0 and m["per_class_iou"]["Hat"] is None
+
+
+def test_class_weights_lift_rare_classes(scans):
+    assert class_weights(scans, 0.0) is None
+    w = class_weights(scans, 0.5).numpy()
+    counts = np.bincount(np.concatenate([s.labels for s in scans]), minlength=N_CLASSES)
+    freq = counts / counts.sum()
+    assert (w[counts == 0] == 0).all()
+    assert float((freq * w).sum()) == pytest.approx(1.0, rel=1e-5)  # a mean point weighs 1
+    rare, common = int(np.argmin(np.where(counts > 0, counts, 1 << 30))), int(np.argmax(counts))
+    assert w[rare] / w[common] == pytest.approx(np.sqrt(counts[common] / counts[rare]), rel=1e-5)
 
 
 def test_loss_decreases_on_a_tiny_overfit_set(scans, tmp_path):
