@@ -74,6 +74,10 @@ class FinetuneConfig:
     replay_passes: int = 1  # chunk passes cut from each replay / earlier correction
     max_replay_chunks: int = 8
     flag_threshold: float = 0.01  # replay strict mIoU may drop at most this much
+    # Weight of a distillation term on replay and earlier-correction chunks: the KL divergence
+    # from the starting model's predictions (learning without forgetting), a denser guard
+    # than their labels alone.
+    distill: float = 0.0
     mask_absent: bool = True  # cross-entropy over the scan's garments only, as in training
     eval_max_points: int = 4096
     seed: int = 0
@@ -139,6 +143,7 @@ class Chunk:
     labels: torch.Tensor  # (n,)
     weights: torch.Tensor  # (n,)
     garments: torch.Tensor  # (C,) the scan's garments vector
+    teacher: torch.Tensor | None = None  # (C, n) the starting model's log-probabilities
 
 
 def _chunk_indices(n: int, n_points: int, passes: int, rng: np.random.Generator
@@ -167,8 +172,10 @@ def decoder_input(model: CloseNet, points: torch.Tensor, canon: torch.Tensor,
 
 def build_pool(model: CloseNet, scans: Sequence[Scan], passes: int, cfg: FinetuneConfig,
                rng: np.random.Generator, cache: bool, max_chunks: int = 0,
-               cancelled: Callable[[], bool] | None = None) -> list[Chunk]:
-    """Cut and augment chunks; with ``cache`` run the frozen encoders once per chunk."""
+               cancelled: Callable[[], bool] | None = None, teacher: bool = False
+               ) -> list[Chunk]:
+    """Cut and augment chunks; with ``cache`` run the frozen encoders once per chunk; with
+    ``teacher`` keep the model's own (dropout-free) log-probabilities for distillation."""
     pool: list[Chunk] = []
     jobs = [(s, idx) for s in scans for idx in _chunk_indices(len(s), cfg.n_points, passes, rng)]
     if max_chunks and len(jobs) > max_chunks:
@@ -186,9 +193,27 @@ def build_pool(model: CloseNet, scans: Sequence[Scan], passes: int, cfg: Finetun
         else:
             inputs = (p, c, g)
         w = (np.ones(len(idx), np.float32) if scan.weights is None else scan.weights[idx])
-        pool.append(Chunk(inputs, torch.from_numpy(scan.labels[idx]), torch.from_numpy(w),
-                          g[0]))
+        chunk = Chunk(inputs, torch.from_numpy(scan.labels[idx]), torch.from_numpy(w), g[0])
+        if teacher:
+            chunk.teacher = _teacher_log_probs(model, chunk, cache, cfg.mask_absent)
+        pool.append(chunk)
     return pool
+
+
+def _teacher_log_probs(model: CloseNet, chunk: Chunk, cached: bool, mask: bool
+                       ) -> torch.Tensor:
+    """(C, n) log-probabilities of the model as it is now, dropout off."""
+    dropout = model.decoder.dropout
+    was_training = dropout.training
+    dropout.eval()
+    try:
+        with torch.inference_mode():
+            logits = _forward(model, [chunk], cached)
+            if mask:
+                logits = mask_unlisted(logits, chunk.garments[None])
+            return F.log_softmax(logits, dim=1)[0].clone()
+    finally:
+        dropout.train(was_training)
 
 
 # ---------------------------------------------------------------- training
@@ -231,6 +256,12 @@ def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tenso
     return (ce * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
+def distillation(logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean per-point KL(teacher || model) of (B, C, n) logits and teacher log-probabilities."""
+    log_p = F.log_softmax(logits, dim=1)
+    return (teacher.exp() * (teacher - log_p)).sum(1).mean()
+
+
 def pull_loss(params: Sequence[torch.Tensor], start: Sequence[torch.Tensor], kind: str
               ) -> torch.Tensor:
     if kind == "l2":
@@ -257,10 +288,11 @@ def tune(model: CloseNet, new: Sequence[Scan], earlier: Sequence[Scan], replay: 
     report = (lambda f, s: progress(f, s)) if progress else (lambda f, s: None)
     report(0.0, "cutting chunks")
     pool_new = build_pool(model, new, cfg.new_passes, cfg, rng, cached, cancelled=cancelled)
+    distill = cfg.distill > 0
     pool_old = build_pool(model, earlier, cfg.replay_passes, cfg, rng, cached,
-                          cfg.max_replay_chunks, cancelled)
+                          cfg.max_replay_chunks, cancelled, teacher=distill)
     pool_rep = build_pool(model, replay, cfg.replay_passes, cfg, rng, cached,
-                          cfg.max_replay_chunks, cancelled)
+                          cfg.max_replay_chunks, cancelled, teacher=distill)
     t_pool = time.monotonic() - t0
     opt = torch.optim.Adam(params, lr=cfg.lr)
     n_new = max(1, cfg.chunks_per_step // 2)
@@ -280,6 +312,10 @@ def tune(model: CloseNet, new: Sequence[Scan], earlier: Sequence[Scan], replay: 
         labels = torch.stack([c.labels for c in picks])
         weights = torch.stack([c.weights for c in picks])
         loss = weighted_ce(logits, labels, weights)
+        guarded = [i for i, c in enumerate(picks) if c.teacher is not None]
+        if distill and guarded:
+            loss = loss + cfg.distill * distillation(
+                logits[guarded], torch.stack([picks[i].teacher for i in guarded]))
         if cfg.pull_strength > 0:
             loss = loss + cfg.pull_strength * pull_loss(params, start, cfg.pull)
         opt.zero_grad(set_to_none=True)

@@ -18,6 +18,7 @@ from inference.closenet import CloseNet
 from inference.finetune import (
     FinetuneConfig,
     correction_from_arrays,
+    distillation,
     finetune,
     next_version_path,
     reference_tune,
@@ -114,6 +115,17 @@ def test_all_layers_and_head_choices(parent, dirs):
     n = len(TINY.decoder_channels)  # layers 0..n; the head is the last two
     assert changed and all(k.startswith((f"decoder.layers.{n - 1}.", f"decoder.layers.{n}."))
                            for k in changed)
+
+
+def test_distillation_is_zero_for_the_teacher_itself_and_runs_on_both_paths(parent, dirs):
+    logits = torch.randn(2, 18, 50)
+    teacher = torch.log_softmax(logits, dim=1)
+    assert float(distillation(logits, teacher)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation(logits + torch.randn_like(logits), teacher)) > 0
+    for layers in ("decoder", "all"):
+        res = run_ft(parent, dirs, held=False, name=layers,
+                     cfg={"layers": layers, "steps": 2, "distill": 1.0})
+        assert load_checkpoint(res.path).meta["finetune"]["config"]["distill"] == 1.0
 
 
 def test_flagged_run_is_written_but_not_activated(parent, dirs, capsys):
