@@ -62,6 +62,7 @@ class AugmentConfig:
     position_noise: float = 0.002  # per-point xyz noise sigma (normalized units)
     density: float = 0.5  # probability of non-uniform (directionally biased) sampling
     density_strength: float = 3.0  # max log-ratio of sampling density across the scan
+    channel_shuffle: float = 0.0  # probability of a random RGB channel order (another colourway)
 
 
 @dataclass
@@ -249,6 +250,8 @@ def augment_sample(scan: Scan, idx: np.ndarray, rng: np.random.Generator,
             rgb *= rng.uniform(1 - aug.channel_gain, 1 + aug.channel_gain, 3).astype(np.float32)
         if aug.color_noise > 0:
             rgb += rng.normal(0, aug.color_noise, rgb.shape).astype(np.float32)
+        if aug.channel_shuffle > 0 and rng.random() < aug.channel_shuffle:
+            rgb = rgb[:, rng.permutation(3)]
         rgb = rgb.clip(0.0, 1.0)
     pts = np.concatenate([p, rgb, nrm], axis=1).astype(np.float32)
     return pts, scan.canon[idx]

@@ -90,6 +90,22 @@ def test_augmented_sample_stays_in_the_canonical_frame(scans):
     assert np.corrcoef(plain[:, 1], scan.points[:, 1])[0, 1] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_channel_shuffle_gives_another_colourway(scans):
+    scan = scans[0]
+    idx = np.arange(len(scan))
+    plain = dict(brightness=0, contrast=0, channel_gain=0, color_noise=0, color_dropout=0)
+    seen = set()
+    for seed in range(12):
+        pts, _ = augment_sample(scan, idx, np.random.default_rng(seed),
+                                AugmentConfig(channel_shuffle=1.0, **plain))
+        rgb = pts[:, 3:6]
+        order = [int(np.argmin([np.abs(rgb[:, j] - scan.colors[:, i]).max() for i in range(3)]))
+                 for j in range(3)]
+        np.testing.assert_allclose(rgb, scan.colors[:, order], atol=1e-6)
+        seen.add(tuple(order))
+    assert len(seen) > 2  # several channel orders, not one fixed swap
+
+
 def test_batch_shapes_and_garments(scans):
     rng = np.random.default_rng(1)
     b = make_batch(scans[:3], rng, 2048, AugmentConfig(), 0.0)  # more than the scan has
