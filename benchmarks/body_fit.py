@@ -9,6 +9,11 @@ figures and the summary against the targets: mean canonical-coordinate error
 
     .venv/bin/python benchmarks/body_fit.py --scans 8 [--points 30000] [--cache DIR] [--breakdown]
 
+``--oracle`` also assigns canonical coordinates against the *true* body (rebuilt
+from the scan's phenotypes, pose, heading and offset) with the same method and
+prints that error beside the fitted one: the floor of the canonical assignment,
+which no fit can beat.
+
 ``--breakdown`` says where the error comes from: by body part (bucketed by the
 ground-truth canonical coordinate), by the synthetic label of the scan point, and
 inside vs outside loose garments, each with its share of the summed error.
@@ -57,6 +62,20 @@ def print_breakdown(title: str, keys: np.ndarray, err: np.ndarray) -> None:
               f"share of error {100 * e.sum() / total:5.1f}%")
 
 
+def true_body(scan: dict[str, np.ndarray]) -> np.ndarray:
+    """The generating body's posed vertices (default topology) in the scan mesh's frame
+    (metres, y up, before any benchmark up-axis or unit change)."""
+    import torch
+
+    from inference.synth.generator import _body_model, _rotate_y
+
+    model = _body_model()
+    with torch.no_grad():
+        v = model.forward(torch.as_tensor(scan["phenotypes"][None]),
+                          torch.as_tensor(scan["pose"][None]))[0].numpy().astype(np.float64)
+    return _rotate_y(v, float(scan["heading"])) + scan["body_offset"]
+
+
 def load_or_make(seed: int, points: int, cache: Path | None) -> dict[str, np.ndarray]:
     from inference.synth.generator import generate_scan
 
@@ -79,40 +98,69 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--cache", type=Path, default=None, help="keep generated scans here")
     ap.add_argument("--method", default="barycentric", choices=("vertex", "barycentric"))
+    ap.add_argument("--no-normals", action="store_true",
+                    help="nearest point only (no normal-aware lookup with the scan normals)")
     ap.add_argument("--breakdown", action="store_true",
                     help="error by body part, label, scan and loose garments")
     ap.add_argument("--only", type=str, default=None,
                     help="comma-separated scan indices to run (others skipped, same set-up)")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also the error of the same assignment against the true body")
+    ap.add_argument("--save-fits", type=Path, default=None,
+                    help="write each fit (vertices in the scan frame, parameters, quality) here")
     ap.add_argument("--yup-only", action="store_true", help="no z-up / unit conversions")
     args = ap.parse_args(argv)
 
     from close_blender.labels import CLASS_NAMES
-    from inference.body.coords import canonical_coordinates
-    from inference.body.fit import fit_anny
+    from inference.body.coords import NORMAL_WEIGHT, canonical_coordinates, canonical_from_body
+    from inference.body.fit import fit_anny, mesh_normals
+    from inference.synth.generator import _body_model
 
     only = None if args.only is None else {int(x) for x in args.only.split(",")}
     rng = np.random.default_rng(args.seed)
     rows = []
-    all_err = []
+    all_err, all_floor, all_raw = [], [], []
     parts, labels, loose, scan_ids = [], [], [], []
     for i in range(args.scans):
         scan = load_or_make(args.seed + i, args.points, args.cache)
         verts = scan["points"].astype(np.float64) * float(scan["scale"]) + scan["centers"]
-        normals = scan["normals"].astype(np.float64)
         zup = (not args.yup_only) and bool(rng.integers(2))
         unit = 1.0 if args.yup_only else float(rng.choice([1.0, 100.0, 1000.0]))
         if zup:  # y-up -> z-up: (x, y, z) -> (x, -z, y)
             verts = np.stack([verts[:, 0], -verts[:, 2], verts[:, 1]], 1)
-            normals = np.stack([normals[:, 0], -normals[:, 2], normals[:, 1]], 1)
         verts = verts * unit
         if only is not None and i not in only:
             continue
         t0 = time.perf_counter()
         fit = fit_anny(verts, scan["faces"], up="auto", seed=i)
         seconds = time.perf_counter() - t0
-        canon = canonical_coordinates(verts, fit, method=args.method)
+        # the mesh's own normals, as ``prepare`` computes them for a real scan
+        if args.save_fits is not None:
+            args.save_fits.mkdir(parents=True, exist_ok=True)
+            np.savez(args.save_fits / f"fit_{args.seed}_{i}.npz", vertices=fit.vertices,
+                     scan_vertices=verts, ok=fit.ok, message=fit.message,
+                     **{f"param_{k}": v for k, v in fit.params.items()},
+                     **{f"quality_{k}": v for k, v in fit.quality.items()})
+        nrm = None if args.no_normals else mesh_normals(verts, scan["faces"])
+        canon = canonical_coordinates(verts, fit, method=args.method, normals=nrm)
         err = np.linalg.norm(canon - scan["canon_pose"], axis=1)
         all_err.append(err)
+        if nrm is not None:  # the same fit with the plain nearest-point lookup, for comparison
+            raw = canonical_coordinates(verts, fit, method=args.method)
+            all_raw.append(np.linalg.norm(raw - scan["canon_pose"], axis=1))
+        floor_txt = ""
+        if args.oracle:
+            tv = true_body(scan)
+            if zup:
+                tv = np.stack([tv[:, 0], -tv[:, 2], tv[:, 1]], 1)
+            ref = _body_model()
+            fl = np.linalg.norm(canonical_from_body(verts, tv * unit, ref.faces,
+                                                    ref.canonical_vertices, args.method,
+                                                    normals=nrm, normal_weight=NORMAL_WEIGHT * unit)
+                                - scan["canon_pose"], axis=1)
+            all_floor.append(fl)
+            floor_txt = (f" | true body mean {100 * fl.mean():5.2f} "
+                         f"p95 {100 * np.percentile(fl, 95):5.2f}")
         names = np.array(CLASS_NAMES, dtype=object)[scan["labels"]]
         parts.append(body_part(scan["canon_pose"]))
         labels.append(names)
@@ -121,13 +169,22 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((float(err.mean()), float(np.percentile(err, 95)), seconds, fit.ok))
         print(f"scan {i}: {str(scan['pose_preset']):14s} {str(scan['outfit'])[:38]:38s} "
               f"{'z-up' if zup else 'y-up'} x{unit:<6g} canon err mean {100 * err.mean():5.2f} cm "
-              f"p95 {100 * np.percentile(err, 95):5.2f} cm  {seconds:5.1f} s  "
+              f"p95 {100 * np.percentile(err, 95):5.2f} cm{floor_txt}  {seconds:5.1f} s  "
               f"{'ok' if fit.ok else 'FLAGGED'}: {fit.message}", flush=True)
     err = np.concatenate(all_err)
     r = np.array([row[:3] for row in rows])
-    print(f"\nall {len(rows)} scans ({args.points} points each, method {args.method}):")
+    print(f"\nall {len(rows)} scans ({args.points} points each, method {args.method}"
+          f"{'' if args.no_normals else ', normal-aware'}):")
     print(f"  canonical error mean {100 * err.mean():.2f} cm (target < 2), "
           f"p95 {100 * np.percentile(err, 95):.2f} cm (target < 6)")
+    if all_raw:
+        er = np.concatenate(all_raw)
+        print(f"  same fits, nearest point only (--no-normals): mean {100 * er.mean():.2f} cm, "
+              f"p95 {100 * np.percentile(er, 95):.2f} cm")
+    if all_floor:
+        fl = np.concatenate(all_floor)
+        print(f"  true-body floor (same assignment) mean {100 * fl.mean():.2f} cm, "
+              f"p95 {100 * np.percentile(fl, 95):.2f} cm")
     print(f"  per-scan mean: median {100 * np.median(r[:, 0]):.2f} cm, worst "
           f"{100 * r[:, 0].max():.2f} cm; flagged {sum(not x[3] for x in rows)}")
     print(f"  seconds per scan: mean {r[:, 2].mean():.1f}, max {r[:, 2].max():.1f} (target < 30)")

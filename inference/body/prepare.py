@@ -104,9 +104,6 @@ def prepare_arrays(vertices: Any, faces: Any = None, colors: Any = None, normals
 
     if progress is not None:
         progress(0.97, "canonical coordinates and normals")
-    # Anny: interpolated on the nearest triangle (closer to the truth); an SMPL
-    # registration keeps CloSe's nearest-vertex lookup, what the published weights saw
-    canon = canonical_coordinates(v, fit, method="vertex" if body == "smpl" else "barycentric")
     if normals is not None:
         nrm = np.asarray(normals, dtype=np.float64).reshape(n, 3)
     elif f is not None:
@@ -120,6 +117,13 @@ def prepare_arrays(vertices: Any, faces: Any = None, colors: Any = None, normals
         nrm = nrm * np.sign(np.einsum("ij,ij->i", nrm, bn[j]) + 1e-12)[:, None]
     length = np.linalg.norm(nrm, axis=1, keepdims=True)
     nrm = np.where(length > 1e-12, nrm / np.maximum(length, 1e-12), [0.0, 1.0, 0.0])
+    # Anny: interpolated on the nearest triangle, normal-aware (closer to the truth); an
+    # SMPL registration keeps CloSe's nearest-vertex lookup, what the published weights saw
+    if body == "smpl":
+        canon = canonical_coordinates(v, fit, method="vertex")
+    else:
+        canon = canonical_coordinates(v, fit, method="barycentric",
+                                      normals=np.where(length > 1e-12, nrm, 0.0))
 
     r_up = _up_rotation(up_row)
     v_yup = unit * (v @ r_up.T)
