@@ -179,8 +179,28 @@ def test_arm_starts_hang_and_bend() -> None:
     cv = np.asarray(body.canonical_vertices)
     hand = np.abs(cv[:, 0]) > 0.7
     variants = _arm_variants(body)
-    assert len(variants) == 5
+    assert len(variants) == 6
     rest = body.posed_numpy()
     hanging = body.posed_numpy(None, body.pose_from_rotations(variants[2]))
     assert hanging[hand, 1].mean() < rest[hand, 1].mean() - 0.1
     assert np.abs(hanging[hand, 0]).min() > 0.1  # beside the body, not in front of it
+    # hands on the hips: elbows out, hands back in beside the waist
+    akimbo = body.posed_numpy(None, body.pose_from_rotations(variants[5]))
+    elbow = (np.abs(cv[:, 0]) > 0.3) & (np.abs(cv[:, 0]) < 0.36)
+    assert np.abs(akimbo[hand, 0]).mean() < np.abs(akimbo[elbow, 0]).mean() - 0.05
+    assert np.abs(akimbo[hand, 1].mean() - rest[hand, 1].mean()) < 0.25
+
+
+def test_normal_aware_lookup_takes_the_side_the_point_faces() -> None:
+    """Between two close surfaces facing apart, the point's normal picks its surface."""
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0.02], [1, 0, 0.02], [0, 1, 0.02]],
+                 dtype=np.float64)
+    faces = np.array([[0, 2, 1], [3, 4, 5]])  # bottom faces -z, top faces +z
+    canon = np.repeat([[0.0] * 3, [1.0] * 3], 3, axis=0)
+    p = np.array([[0.2, 0.2, 0.008]] * 2)  # nearer the bottom
+    n = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])  # facing up; unknown
+    raw = canonical_from_body(p, v, faces, canon)
+    aware = canonical_from_body(p, v, faces, canon, normals=n)
+    np.testing.assert_allclose(raw, 0.0, atol=1e-6)
+    np.testing.assert_allclose(aware[0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(aware[1], 0.0, atol=1e-6)

@@ -11,9 +11,9 @@ Pipeline (all in metres, in a *fit frame*: the body frame of
    axes, both signs) times four facings (both ways along the horizontal principal
    axes) start a rigid + height fit; the two best starts and the best start with
    another up axis (a coat's flared hem can pass for shoulders upside down) go on.
-4. Pose and shape, coarse to fine on the reduced topology, from five arm starts
+4. Pose and shape, coarse to fine on the reduced topology, from six arm starts
    (A-pose, T-pose, arms hanging straight, arms down with bent elbows, forearms
-   folded across the belly) in one batch
+   folded across the belly, hands on the hips) in one batch
    per orientation; the ``FINE_STARTS`` best continue with more bones and more scan
    points, and the lowest final loss wins. KD-tree (cKDTree) correspondences are
    refreshed every iteration; learning rates decay (cosine) within each stage.
@@ -481,10 +481,12 @@ def _arm_variants(body: AnnyBody) -> list[dict[str, list[float]]]:
     them; a bent-elbow start would leave the hands inside the coat), arms down with
     bent elbows (hands in front of the body), forearms folded across the belly
     (crossed arms, hands on the belly: from elsewhere the forearms cannot get there
-    without passing through the trunk)."""
+    without passing through the trunk), hands on the hips with the elbows out and back
+    (from the other starts the forearms end up hanging inside an open coat)."""
     t = body._tpose_rotations()
     hanging: dict[str, list[float]] = {}
     folded: dict[str, list[float]] = {}
+    akimbo: dict[str, list[float]] = {}
     bent = {}
     for side, sign in (("L", 1.0), ("R", -1.0)):
         hanging.update(_arm_rotations(body, side, _arm_direction(sign, -80.0, 5.0),
@@ -493,7 +495,10 @@ def _arm_variants(body: AnnyBody) -> list[dict[str, list[float]]]:
         folded.update(_arm_rotations(body, side, _arm_direction(sign, -70.0, 25.0),
                                      across / np.linalg.norm(across)))
         bent[f"upperarm01.{side}"] = [0.0, 0.0, -sign * 0.55]
-    return [{}, {k: list(v) for k, v in t.items()}, hanging, bent, folded]
+        inward = np.array([-sign * 0.8, -0.55, 0.2])
+        akimbo.update(_arm_rotations(body, side, _arm_direction(sign, -40.0, -20.0),
+                                     inward / np.linalg.norm(inward)))
+    return [{}, {k: list(v) for k, v in t.items()}, hanging, bent, folded, akimbo]
 
 
 def fit_anny(vertices: Any, faces: Any = None, *, up: str = "auto", skin_mask: Any = None,
