@@ -29,12 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out corrected scans, scored before and after")
     parser.add_argument("--replay", help="folder of the fixed replay set "
                                          "(default OUT/replay, made once)")
-    parser.add_argument("--layers", choices=("decoder", "head", "all"), default="decoder",
-                        help="which layers train (default decoder; see docs/training.md)")
+    parser.add_argument("--layers", choices=("decoder", "head", "all"),
+                        help="which layers train (default: FinetuneConfig's, see "
+                             "docs/training.md)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default 60)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default 3e-4)")
     parser.add_argument("--changed-weight", type=float, help="loss weight of changed "
                                                              "vertices (default 3)")
+    parser.add_argument("--distill", type=float, help="weight of the pull towards the "
+                        "starting model's predictions on replay data (default: FinetuneConfig's)")
     parser.add_argument("--flag-threshold", type=float,
                         help="largest allowed drop of replay strict mIoU (default 0.01)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -56,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from inference.finetune import FinetuneConfig, finetune
     from inference.training import TextBar
 
-    cfg = FinetuneConfig(layers=args.layers)
-    for key in ("steps", "lr", "changed_weight", "flag_threshold", "seed"):
+    cfg = FinetuneConfig()
+    for key in ("layers", "steps", "lr", "changed_weight", "distill", "flag_threshold", "seed"):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
