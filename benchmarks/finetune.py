@@ -1,9 +1,11 @@
 """Fine-tuning benchmark: an artist corrects one scan of a style the model gets wrong.
 
-Two new styles (``--style``): ``hat`` (default), synthetic scans of people wearing a
-hat, a garment the default model labels as hair (held-out Hat IoU 0.0); ``skin``,
-scans whose garments are coloured like the wearer's skin (a colour scheme the
-model never saw, ambiguous by colour alone). One of them is corrected (ground truth, ``changed`` = where the model was
+The new style (``--style``): by default people wearing the garment class the
+checkpoint scores worst on its own held-out set (read from its metadata), so the
+style is one the model gets wrong whichever model is measured; or a class name
+(``Hat``, ``Scarf``, ...); or ``skin``, scans whose garments are coloured like the
+wearer's skin (a colour scheme the model never saw, ambiguous by colour alone).
+One of them is corrected (ground truth, ``changed`` = where the model was
 wrong); one fine-tuning round runs per layer choice, and the reference tool's
 recipe (CloSe-T: Adam 1e-4, 3 passes, cross-entropy + 10 x mean |w - w0|) runs
 on the same data beside it. Printed: strict mIoU on the other scans of the new
@@ -26,11 +28,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from close_blender.labels import CLASS_NAMES  # noqa: E402
+from close_blender.labels import CLASS_NAMES, class_index  # noqa: E402
 from close_blender.scan_io import load_scan, save_scan  # noqa: E402
 
 NEW_STYLE_SEED = 5000  # skin-coloured garments
-HAT_SEED = 5200  # people wearing hats
+GARMENT_SEED = 5200  # scans searched for the style's garment
 OLD_SEED = 3000  # the held-out seeds of tools/train_default.sh
 KEEP_AS_IS = {CLASS_NAMES.index("Body"), CLASS_NAMES.index("Hair")}
 
@@ -48,24 +50,35 @@ def make_set(folder: Path, seed: int, count: int, points: int) -> list[Path]:
     return paths
 
 
-def hat_set(folder: Path, count: int, points: int, min_hat: int = 200) -> list[Path]:
-    """``count`` scans of seed HAT_SEED whose outfit has a hat (at least ``min_hat`` points)."""
+def garment_set(folder: Path, seed: int, garment: str, count: int, points: int,
+                min_points: int = 200) -> list[Path]:
+    """``count`` scans of ``seed`` whose outfit has ``garment`` (at least ``min_points``)."""
     from inference.synth import generate_scan, write_scan
 
     folder.mkdir(parents=True, exist_ok=True)
-    hat = CLASS_NAMES.index("Hat")
+    label = CLASS_NAMES.index(garment)
     paths = sorted(folder.glob("bench_*.npz"))[:count]
     i = 1 + max((int(p.stem.split("_")[-1]) for p in paths), default=-1)
     while len(paths) < count:
-        if i > 50 * count:
-            raise RuntimeError("the generator made too few scans with hats")
-        scan = generate_scan(HAT_SEED, points, index=i)
-        if (scan["labels"] == hat).sum() >= min_hat:
-            stem = f"bench_{HAT_SEED}_{i:04d}"
+        if i > 100 * count:
+            raise RuntimeError(f"the generator made too few scans with {garment}")
+        scan = generate_scan(seed, points, index=i)
+        if (scan["labels"] == label).sum() >= min_points:
+            stem = f"bench_{seed}_{i:04d}"
             write_scan(folder, stem, scan, "none")
             paths.append(folder / f"{stem}.npz")
         i += 1
     return paths
+
+
+def weakest_garment(meta: dict) -> str:
+    """The garment class with the lowest held-out IoU in a checkpoint's metadata."""
+    test = ((meta.get("provenance") or {}).get("metrics") or {}).get("test") or {}
+    ious = {k: v for k, v in (test.get("per_class_iou") or {}).items()
+            if v is not None and k != "Body"}
+    if not ious:
+        raise SystemExit("the checkpoint has no held-out per-class IoU: give --style NAME")
+    return min(ious, key=ious.get)
 
 
 def skin_coloured(src: Path, dst: Path) -> None:
@@ -95,17 +108,22 @@ def main() -> int:
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--work", default=str(REPO / "build" / "bench-finetune"))
     ap.add_argument("--points", type=int, default=20000)
-    ap.add_argument("--style", choices=("hat", "skin"), default="hat",
-                    help="hat: people wearing hats (a garment the default model gets wrong); "
-                         "skin: garments coloured like skin")
+    ap.add_argument("--style", default="weakest",
+                    help="weakest (default): people wearing the garment class the checkpoint "
+                         "scores worst on its held-out set (from its metadata); a class name "
+                         "(Hat, Scarf, ...): people wearing that garment; skin: garments "
+                         "coloured like skin")
     ap.add_argument("--old", type=int, default=6, help="original held-out scans")
     ap.add_argument("--new", type=int, default=4, help="new-style scans (1 corrected)")
     ap.add_argument("--eval-points", type=int, default=8192)
-    ap.add_argument("--layers", nargs="+", default=["decoder", "head", "all"])
+    ap.add_argument("--layers", nargs="+", default=["head", "decoder", "all"])
     ap.add_argument("--steps", type=int, default=None, help="steps per round (default: "
                     "FinetuneConfig's; --all-steps for layers=all)")
     ap.add_argument("--all-steps", type=int, default=12,
                     help="steps for layers=all: every step runs the whole network")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a FinetuneConfig field for our rounds, e.g. --set distill=1 "
+                         "--set lr=1e-3 (repeatable)")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference recipe")
     args = ap.parse_args()
 
@@ -119,9 +137,9 @@ def main() -> int:
     work = Path(args.work)
     t = time.monotonic()
     old = load_scans(make_set(work / "old", OLD_SEED, args.old, args.points))
-    if args.style == "hat":
-        styled = hat_set(work / "hats", args.new, args.points)
-    else:
+    base = load_checkpoint(args.checkpoint)
+    style = weakest_garment(base.meta) if args.style == "weakest" else args.style
+    if style == "skin":
         styled = []
         for p in make_set(work / "new_raw", NEW_STYLE_SEED, args.new, args.points):
             dst = work / "new" / p.name
@@ -129,7 +147,9 @@ def main() -> int:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 skin_coloured(p, dst)
             styled.append(dst)
-    base = load_checkpoint(args.checkpoint)
+    else:
+        style = CLASS_NAMES[class_index(style)]
+        styled = garment_set(work / f"style-{style}", GARMENT_SEED, style, args.new, args.points)
     # the corrected scan: ground truth, `changed` where the model was wrong
     corr_dir = work / "corrections"
     shutil.rmtree(corr_dir, ignore_errors=True)
@@ -151,6 +171,9 @@ def main() -> int:
     rows = [("base model", before_new, before_old, 0.0, "")]
     for layers in args.layers:
         cfg = FinetuneConfig(layers=layers)
+        for item in args.set:
+            key, _, value = item.partition("=")
+            setattr(cfg, key, type(getattr(cfg, key))(value))
         if args.steps:
             cfg.steps = args.steps
         if layers == "all":
@@ -159,7 +182,7 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
         res = finetune(base.path, [corr_dir], out, replay=work / "replay", cfg=cfg)
         tuned = load_checkpoint(res.path).model
-        rows.append((f"ours, layers={layers} ({cfg.steps} st)", strict(tuned, new_eval, args.eval_points),
+        rows.append((f"ours, {layers} ({cfg.steps} st)", strict(tuned, new_eval, args.eval_points),
                      strict(tuned, old, args.eval_points), res.timing["seconds_total"],
                      "flagged" if res.flagged else ""))
     if not args.no_reference:
@@ -168,8 +191,9 @@ def main() -> int:
         rows.append(("reference recipe (CloSe-T)", strict(ref, new_eval, args.eval_points),
                      strict(ref, old, args.eval_points), secs, ""))
 
-    print(f"\nstyle {args.style}; checkpoint {base.path.name} ({base.sha256[:12]}), strict mIoU on "
+    print(f"\nstyle {style}; checkpoint {base.path.name} ({base.sha256[:12]}), strict mIoU on "
           f"{args.eval_points} points per scan")
+    print(f"our settings: FinetuneConfig defaults{''.join(' ' + x for x in args.set)}")
     print(f"{'run':30s} {'new style':>10s} {'(gain)':>8s} {'original':>10s} {'(change)':>9s} "
           f"{'s/round':>8s}")
     for name, new, orig, secs, note in rows:
