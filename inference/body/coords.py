@@ -75,7 +75,7 @@ def canonical_from_body(points: Any, body_vertices: np.ndarray, faces: np.ndarra
         pn = np.where(length > 1e-6, pn / np.maximum(length, 1e-12), 0.0)
         lam = float(normal_weight)
     if lam > 0:
-        bn, winding = _vertex_normals(bv, f)
+        bn, winding = vertex_normals_and_winding(bv, f)
         tree = cKDTree(np.hstack([bv, lam * bn]))
         _, jj = tree.query(np.hstack([p, lam * pn]), k=min(4, len(bv)))
     else:  # candidate triangles: those around the 3 nearest vertices
@@ -102,9 +102,11 @@ def canonical_from_body(points: Any, body_vertices: np.ndarray, faces: np.ndarra
     return np.einsum("nk,nkj->nj", wb, canon[t]).astype(np.float32)
 
 
-def _vertex_normals(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, float]:
-    """Area-weighted unit vertex normals flipped as a whole to point outwards, and the
-    flip (+1 or -1) that the faces' winding needs to point outwards too."""
+def vertex_normals_and_winding(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, float]:
+    """Area-weighted unit vertex normals flipped as a whole to point outwards (zero where
+    undefined), and the flip (+1 or -1) that the faces' winding needs to point outwards."""
+    v = np.asarray(v, dtype=np.float64)
+    f = np.asarray(f, dtype=np.int64)
     fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
     n = np.zeros_like(v)
     for i in range(3):

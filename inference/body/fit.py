@@ -47,6 +47,7 @@ import numpy as np
 from close_blender.errors import Cancelled, ScanError
 
 from .anny_body import MEAN_PHENOTYPES, AnnyBody
+from .coords import vertex_normals_and_winding
 
 Progress = Callable[[float, str], None] | None
 CancelCheck = Callable[[], bool] | None
@@ -137,17 +138,7 @@ def pca_normals(points: np.ndarray, k: int = 12) -> np.ndarray:
 
 def mesh_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted vertex normals, flipped as a whole to point outwards."""
-    v = np.asarray(vertices, dtype=np.float64)
-    f = np.asarray(faces, dtype=np.int64)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    n = np.zeros_like(v)
-    for i in range(3):
-        np.add.at(n, f[:, i], fn)
-    length = np.linalg.norm(n, axis=1, keepdims=True)
-    n = np.where(length > 0, n / np.maximum(length, 1e-20), 0.0)
-    if np.sum((v - v.mean(0)) * n) < 0:  # inward winding
-        n = -n
-    return n
+    return vertex_normals_and_winding(vertices, faces)[0]
 
 
 def _unit_from_height(height: float) -> tuple[float, str]:
