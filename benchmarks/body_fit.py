@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     from inference.synth.generator import _body_model
 
     only = None if args.only is None else {int(x) for x in args.only.split(",")}
+    if args.save_fits is not None:
+        args.save_fits.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     rows = []
     all_err, all_floor, all_raw = [], [], []
@@ -134,13 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         fit = fit_anny(verts, scan["faces"], up="auto", seed=i)
         seconds = time.perf_counter() - t0
-        # the mesh's own normals, as ``prepare`` computes them for a real scan
         if args.save_fits is not None:
-            args.save_fits.mkdir(parents=True, exist_ok=True)
             np.savez(args.save_fits / f"fit_{args.seed}_{i}.npz", vertices=fit.vertices,
                      scan_vertices=verts, ok=fit.ok, message=fit.message,
                      **{f"param_{k}": v for k, v in fit.params.items()},
                      **{f"quality_{k}": v for k, v in fit.quality.items()})
+        # the mesh's own normals, as ``prepare`` computes them for a real scan
         nrm = None if args.no_normals else mesh_normals(verts, scan["faces"])
         canon = canonical_coordinates(verts, fit, method=args.method, normals=nrm)
         err = np.linalg.norm(canon - scan["canon_pose"], axis=1)

@@ -173,7 +173,9 @@ def main() -> int:
         cfg = FinetuneConfig(layers=layers)
         for item in args.set:
             key, _, value = item.partition("=")
-            setattr(cfg, key, type(getattr(cfg, key))(value))
+            kind = type(getattr(cfg, key))
+            setattr(cfg, key, value.lower() in ("1", "true", "yes") if kind is bool
+                    else kind(value))
         if args.steps:
             cfg.steps = args.steps
         if layers == "all":
