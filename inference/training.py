@@ -89,6 +89,11 @@ class TrainConfig:
     # of the training points), scaled to a mean point weight of 1. 0 = plain cross-entropy;
     # 0.5 lifts small garments (scarf, hat, swimwear) that strict mIoU counts as much as body.
     class_balance: float = 0.0
+    # Per-sample balance: within each sample, class c weighs share_c ** -scan_balance (its
+    # share of that sample's points), mean point weight 1 per sample. Strict mIoU scores
+    # every class of a scan alike, so a strip of T-shirt under an open coat (a few dozen
+    # points) counts as much as the coat; this asks the loss the same question.
+    scan_balance: float = 0.0
     val_max_points: int = 8192  # random subset of each validation scan (seeded, fixed)
     threads: int = 0  # torch intra-op threads; 0 = leave as is
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -291,6 +296,27 @@ def class_weights(scans: Sequence[Scan], power: float) -> torch.Tensor | None:
     w[seen] = freq[seen] ** -float(power)
     w /= float((freq * w).sum())
     return torch.from_numpy(w).float()
+
+
+def scan_balanced_weights(labels: torch.Tensor, power: float,
+                          n_classes: int = N_CLASSES) -> torch.Tensor:
+    """(B, N) point weights: in each sample, class c weighs share_c ** -power, mean 1."""
+    counts = torch.zeros(labels.shape[0], n_classes).scatter_add_(
+        1, labels, torch.ones(labels.shape, dtype=torch.float32))
+    per_class = (counts / labels.shape[1]).clamp_min(1e-12) ** -float(power)
+    w = per_class.gather(1, labels)
+    return w / w.mean(dim=1, keepdim=True)
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                           class_weight: torch.Tensor | None,
+                           point_weight: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy with optional per-class and per-point weights, a weighted mean."""
+    if point_weight is None:
+        return F.cross_entropy(logits, labels, weight=class_weight)
+    ce = F.cross_entropy(logits, labels, weight=class_weight, reduction="none")
+    total = point_weight if class_weight is None else point_weight * class_weight[labels]
+    return (ce * point_weight).sum() / total.sum().clamp_min(1e-12)
 
 
 def make_batch(scans: Sequence[Scan], rng: np.random.Generator, n_points: int,
@@ -530,7 +556,9 @@ def train(model_cfg: CloseNetConfig, cfg: TrainConfig, train_scans: Sequence[Sca
             logits = model(batch["points"], batch["canon"], batch["garments"])
             if cfg.mask_absent:
                 logits = mask_unlisted(logits, batch["garments"])
-            loss = F.cross_entropy(logits, batch["labels"], weight=weight)
+            balance = (scan_balanced_weights(batch["labels"], cfg.scan_balance)
+                       if cfg.scan_balance > 0 else None)
+            loss = weighted_cross_entropy(logits, batch["labels"], weight, balance)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -22,10 +22,12 @@ from inference.training import (
     garments_input,
     load_scans,
     make_batch,
+    scan_balanced_weights,
     scan_from_arrays,
     summarize_confusions,
     train,
     train_command,
+    weighted_cross_entropy,
 )
 
 TINY = CloseNetConfig(k=4, point_emb=32, garment_emb=16, n_heads=2, edge_channels=(16, 16, 16),
@@ -138,6 +140,18 @@ def test_class_weights_lift_rare_classes(scans):
     assert float((freq * w).sum()) == pytest.approx(1.0, rel=1e-5)  # a mean point weighs 1
     rare, common = int(np.argmin(np.where(counts > 0, counts, 1 << 30))), int(np.argmax(counts))
     assert w[rare] / w[common] == pytest.approx(np.sqrt(counts[common] / counts[rare]), rel=1e-5)
+
+
+def test_scan_balance_weighs_each_samples_small_classes_up():
+    labels = torch.tensor([[1] * 6 + [2] * 2, [3] * 8])
+    w = scan_balanced_weights(labels, 0.5, N_CLASSES)
+    assert torch.allclose(w.mean(dim=1), torch.ones(2))
+    assert w[0, 6] / w[0, 0] == pytest.approx(np.sqrt(3.0))  # a quarter vs three quarters
+    assert torch.allclose(w[1], torch.ones(8))  # one class: plain weights
+    logits = torch.randn(2, N_CLASSES, 8)
+    plain = weighted_cross_entropy(logits, labels, None, None)
+    assert weighted_cross_entropy(logits, labels, None, torch.ones(2, 8)) == pytest.approx(
+        float(plain), rel=1e-5)
 
 
 def test_loss_decreases_on_a_tiny_overfit_set(scans, tmp_path):
