@@ -103,7 +103,7 @@ def test_versions_never_overwrite_and_replay_earlier_corrections(parent, dirs):
     assert next_version_path(dirs["out"], "other").name == "other-v001.safetensors"
 
 
-def test_all_layers_and_head_choices(parent, dirs):
+def test_all_head_and_input_layer_choices(parent, dirs):
     base = load_checkpoint(parent).model.state_dict()
     res = run_ft(parent, dirs, held=False, name="all", cfg={"layers": "all", "steps": 2})
     changed = {k for k, v in load_checkpoint(res.path).model.state_dict().items()
@@ -115,6 +115,10 @@ def test_all_layers_and_head_choices(parent, dirs):
     n = len(TINY.decoder_channels)  # layers 0..n; the head is the last two
     assert changed and all(k.startswith((f"decoder.layers.{n - 1}.", f"decoder.layers.{n}."))
                            for k in changed)
+    res = run_ft(parent, dirs, held=False, name="input", cfg={"layers": "input", "steps": 2})
+    changed = {k for k, v in load_checkpoint(res.path).model.state_dict().items()
+               if not torch.equal(v, base[k])}
+    assert changed == {"point_encoder.edge_convs.0.layers.0.conv.weight"}
 
 
 def test_distillation_is_zero_for_the_teacher_itself_and_runs_on_both_paths(parent, dirs):
@@ -190,3 +194,19 @@ def test_published_checkpoint_as_start(closenet_reference, dirs):
                                       max_replay_chunks=1))
     ck = load_checkpoint(res.path)
     assert ck.path.suffix == ".safetensors" and ck.meta["provenance"]["source"] == "finetune"
+
+
+def test_replay_set_is_filled_up_but_a_users_folder_is_kept(tmp_path, monkeypatch):
+    import inference.finetune as ft
+    from inference.synth import generate_scan, write_scan
+
+    monkeypatch.setattr(ft, "REPLAY_COUNT", 3)
+    monkeypatch.setattr(ft, "REPLAY_POINTS", 400)
+    made = tmp_path / "made"  # an older, smaller generated set grows to REPLAY_COUNT
+    write_scan(made, f"replay_{ft.REPLAY_SEED}_0000", generate_scan(ft.REPLAY_SEED, 400, index=0),
+               "none")
+    assert [s.name for s in ft.replay_scans(made)] == [
+        f"replay_{ft.REPLAY_SEED}_{i:04d}.npz" for i in range(3)]
+    mine = tmp_path / "mine"  # the user's own replay scans are never added to
+    save_npz_atomic(mine / "mine.npz", fake_scan(5))
+    assert [s.name for s in ft.replay_scans(mine)] == ["mine.npz"]

@@ -29,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out corrected scans, scored before and after")
     parser.add_argument("--replay", help="folder of the fixed replay set "
                                          "(default OUT/replay, made once)")
-    parser.add_argument("--layers", choices=("decoder", "head", "all"),
-                        help="which layers train (default: FinetuneConfig's, see "
+    parser.add_argument("--layers", choices=("decoder", "head", "all", "input"),
+                        help="which layers train (default: FinetuneConfig's, head; input: "
+                             "the first layer only, for a studio's colour look; see "
                              "docs/training.md)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default 60)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default 3e-4)")
