@@ -4,7 +4,10 @@ The new style (``--style``): by default people wearing the garment class the
 checkpoint scores worst on its own held-out set (read from its metadata), so the
 style is one the model gets wrong whichever model is measured; or a class name
 (``Hat``, ``Scarf``, ...); or ``skin``, scans whose garments are coloured like the
-wearer's skin (a colour scheme the model never saw, ambiguous by colour alone).
+wearer's skin (a colour scheme the model never saw, ambiguous by colour alone); or
+``bgr``, scans from a pipeline that stores colours blue-green-red (the common
+OpenCV channel mix-up: skin looks blue and every garment changes hue; a whole
+studio's scans share it).
 One of them is corrected (ground truth, ``changed`` = where the model was
 wrong); one fine-tuning round runs per layer choice, and the reference tool's
 recipe (CloSe-T: Adam 1e-4, 3 passes, cross-entropy + 10 x mean |w - w0|) runs
@@ -31,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from close_blender.labels import CLASS_NAMES, class_index  # noqa: E402
 from close_blender.scan_io import load_scan, save_scan  # noqa: E402
 
-NEW_STYLE_SEED = 5000  # skin-coloured garments
+NEW_STYLE_SEED = 5000  # recoloured styles (skin, bgr)
 GARMENT_SEED = 5200  # scans searched for the style's garment
 OLD_SEED = 3000  # the held-out seeds of tools/train_default.sh
 KEEP_AS_IS = {CLASS_NAMES.index("Body"), CLASS_NAMES.index("Hair")}
@@ -97,6 +100,16 @@ def skin_coloured(src: Path, dst: Path) -> None:
     save_scan(dst, a, require=("points", "labels"))
 
 
+def bgr_coloured(src: Path, dst: Path) -> None:
+    """The scan with its red and blue channels swapped, as a BGR pipeline writes it."""
+    a = {k: np.asarray(v) for k, v in load_scan(src, require=("points", "labels")).items()}
+    a["colors"] = a["colors"][:, ::-1].copy()
+    save_scan(dst, a, require=("points", "labels"))
+
+
+RECOLOURED = {"skin": skin_coloured, "bgr": bgr_coloured}
+
+
 def strict(model, scans, max_points: int) -> float:
     from inference.training import evaluate_scans
 
@@ -112,7 +125,7 @@ def main() -> int:
                     help="weakest (default): people wearing the garment class the checkpoint "
                          "scores worst on its held-out set (from its metadata); a class name "
                          "(Hat, Scarf, ...): people wearing that garment; skin: garments "
-                         "coloured like skin")
+                         "coloured like skin; bgr: colours stored blue-green-red")
     ap.add_argument("--old", type=int, default=6, help="original held-out scans")
     ap.add_argument("--new", type=int, default=4, help="new-style scans (1 corrected)")
     ap.add_argument("--eval-points", type=int, default=8192)
@@ -139,13 +152,13 @@ def main() -> int:
     old = load_scans(make_set(work / "old", OLD_SEED, args.old, args.points))
     base = load_checkpoint(args.checkpoint)
     style = weakest_garment(base.meta) if args.style == "weakest" else args.style
-    if style == "skin":
+    if style in RECOLOURED:
         styled = []
         for p in make_set(work / "new_raw", NEW_STYLE_SEED, args.new, args.points):
-            dst = work / "new" / p.name
+            dst = work / f"style-{style}" / p.name
             if not dst.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                skin_coloured(p, dst)
+                RECOLOURED[style](p, dst)
             styled.append(dst)
     else:
         style = CLASS_NAMES[class_index(style)]
