@@ -32,7 +32,7 @@ from close_blender.errors import ScanError
 from close_blender.labels import CLASS_NAMES, N_CLASSES, garments_from_names
 from close_blender.scan_io import check_scan, normalize_points
 
-from .coords import canonical_coordinates
+from .coords import canonical_coordinates, smooth_normals
 from .fit import BodyFit, _check_points, _up_candidates, fit_anny, mesh_normals, pca_normals
 
 
@@ -122,8 +122,10 @@ def prepare_arrays(vertices: Any, faces: Any = None, colors: Any = None, normals
     if body == "smpl":
         canon = canonical_coordinates(v, fit, method="vertex")
     else:
-        canon = canonical_coordinates(v, fit, method="barycentric",
-                                      normals=np.where(length > 1e-12, nrm, 0.0))
+        look = np.where(length > 1e-12, nrm, 0.0)
+        if f is not None:  # a mesh's own normals are noisy: smoothed for the lookup only
+            look = smooth_normals(look, f)
+        canon = canonical_coordinates(v, fit, method="barycentric", normals=look)
 
     r_up = _up_rotation(up_row)
     v_yup = unit * (v @ r_up.T)
