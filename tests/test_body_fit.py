@@ -204,3 +204,72 @@ def test_normal_aware_lookup_takes_the_side_the_point_faces() -> None:
     np.testing.assert_allclose(raw, 0.0, atol=1e-6)
     np.testing.assert_allclose(aware[0], 1.0, atol=1e-6)
     np.testing.assert_allclose(aware[1], 0.0, atol=1e-6)
+
+
+def test_smoothed_lookup_normals_are_closer_to_the_surface() -> None:
+    """Neighbour averaging takes noise out of a mesh's normals; unknown stays unknown."""
+    from inference.body.coords import smooth_normals
+
+    body = AnnyBody("reduced")
+    v = body.posed_numpy().astype(np.float64)
+    clean = mesh_normals(v, body.faces)
+    noisy = clean + np.random.default_rng(0).normal(0, 0.3, clean.shape)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    smooth = smooth_normals(noisy, body.faces, 2)
+    np.testing.assert_allclose(np.linalg.norm(smooth, axis=1), 1.0, atol=1e-9)
+    assert (smooth * clean).sum(1).mean() > (noisy * clean).sum(1).mean() + 0.02
+    np.testing.assert_array_equal(smooth_normals(noisy, body.faces, 0), noisy)
+    lone = np.zeros((4, 3))
+    assert not smooth_normals(lone, np.array([[0, 1, 2]]), 2).any()
+
+
+def test_select_keeps_adam_moments_of_the_rows() -> None:
+    """A coarse run stopped at the check continues on the kept rows with their moments."""
+    from inference.body.fit import _Fitter, _new_state, _select
+
+    body = AnnyBody("reduced")
+    rest = body.posed_numpy().astype(np.float64)
+    ft = _Fitter(body, rest, mesh_normals(rest, body.faces), None, None, None,
+                 np.random.default_rng(0))
+    state = _new_state(body, 3, np.zeros(3))
+    with torch.no_grad():
+        state["transl"][1] += 0.05
+    ft.run(state, ("upperarm01.L",), 4, 300, 0.02, (0, 1), "t", span=(0, 2))
+    assert set(state["adam"]) == {"glob", "transl", "logscale", "pose", "phen"}
+    kept = _select(state, [2, 1])
+    np.testing.assert_array_equal(kept["adam"]["transl"]["exp_avg"].numpy(),
+                                  state["adam"]["transl"]["exp_avg"][[2, 1]].numpy())
+    np.testing.assert_array_equal(kept["transl"].detach().numpy(),
+                                  state["transl"].detach()[[2, 1]].numpy())
+    ft.run(kept, ("upperarm01.L",), 4, 300, 0.02, (0, 1), "t", span=(2, 4))
+    assert "adam" not in kept and ft.iterations == 4
+    assert kept["transl"].shape == (2, 3)
+
+
+def test_hand_disagreement_of_tied_final_candidates() -> None:
+    """Tied candidates with the hands 10 cm apart disagree by 10 cm; a clear loser counts not."""
+    from inference.body.fit import _hand_disagreement
+
+    eye = np.eye(3)
+    starts = [(eye, 1.0, ""), (eye[[2, 0, 1]], 1.0, "")]
+    hands = np.array([[0.3, 1.0, 0.0], [-0.3, 1.0, 0.0]])
+    moved = hands + [[0.0, 0.0, 0.0], [0.0, -0.1, 0.0]]
+    finals = [(0.10, 0, None, hands), (0.102, 0, None, moved)]
+    assert _hand_disagreement(finals, starts, np.zeros(3)) == pytest.approx(0.1)
+    assert _hand_disagreement([finals[0], (0.2, 0, None, moved)], starts, np.zeros(3)) == 0.0
+    # the same hands seen from another start's frame agree
+    other = hands @ eye[[2, 0, 1]].T
+    assert _hand_disagreement([finals[0], (0.1, 1, None, other)], starts,
+                              np.zeros(3)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_verdict_notes_tied_fits_that_disagree_about_the_hands() -> None:
+    from inference.body.fit import HAND_NOTE, verdict
+
+    good = {"unexplained_fraction": 0.05, "residual_median_m": 0.01, "residual_mean_m": 0.03,
+            "residual_p95_m": 0.12, "scan_inside_body_fraction": 0.01, "coverage": 0.9,
+            "outside_fraction": 0.01, "hand_disagreement_m": HAND_NOTE - 0.05}
+    ok, msg = verdict(good)
+    assert ok and "hand" not in msg
+    ok, msg = verdict({**good, "hand_disagreement_m": HAND_NOTE + 0.1})
+    assert ok and "hand" in msg and "uncertain" in msg
