@@ -13,9 +13,9 @@ A correction is a CloSe-D ``.npz`` with the corrected ``labels`` and, optionally
    the default, or ``"decoder"``), the network up to the decoder runs once per chunk and
    its output is cached, so the training steps only run the decoder: this is
    what keeps a round well under a minute on a CPU. ``"all"`` and ``"input"`` (the
-   first layer, which alone reads the colours: it can re-map a scanner's or a
-   pipeline's colour look but learns no garment) run the whole network per step. BatchNorm statistics stay
-   frozen in every layer (a handful of scans would otherwise shift them for all
+   first layer, the only weights that take the colours in: it can re-map a scanner's
+   or a pipeline's colour look but learns no garment) run the whole network per step.
+   BatchNorm statistics stay frozen in every layer (a handful of scans would otherwise shift them for all
    data); dropout stays on in the trained part.
 3. Loss per step (half new-correction chunks, a quarter earlier corrections, a
    quarter replay): cross-entropy with ``changed_weight`` on changed vertices,
@@ -67,9 +67,10 @@ REPLAY_POINTS = 20000
 
 @dataclass
 class FinetuneConfig:
-    # decoder | head (last two decoder layers) | all | input (first EdgeConv layer, the one
-    # that reads the colours: a colour look, no garment); head with distillation was the only
-    # setting that gained on a new style without losing the original set (docs/training.md)
+    # decoder | head (last two decoder layers) | all | input (first EdgeConv layer, the only
+    # weights that take the colours in: a colour look, no garment). head with distillation
+    # was the only setting that gained on a new style without losing the original set
+    # (docs/training.md)
     layers: str = "head"
     steps: int = 60
     chunks_per_step: int = 4
