@@ -295,7 +295,10 @@ def tune(model: CloseNet, new: Sequence[Scan], earlier: Sequence[Scan], replay: 
     torch.manual_seed(cfg.seed)
     params = trainable_parameters(model, cfg.layers)
     start = [p.detach().clone() for p in params]
-    cached = cfg.layers not in ("all", "input")
+    # when only decoder weights train, the network before the decoder is fixed: its
+    # output is computed once per chunk (derived from the choice, not a list of names)
+    in_decoder = {id(p) for p in model.decoder.parameters()}
+    cached = all(id(p) in in_decoder for p in params)
     _set_modes(model)
     report = (lambda f, s: progress(f, s)) if progress else (lambda f, s: None)
     report(0.0, "cutting chunks")
