@@ -12,10 +12,11 @@ from close_blender.cli import main as cli_main
 from close_blender.errors import Cancelled, CloseError, ScanError
 from close_blender.fileio import save_npz_atomic
 from close_blender.labels import N_CLASSES
-from inference.closenet import CloseNetConfig
+from inference.closenet import CloseNet, CloseNetConfig
 from inference.training import (
     AugmentConfig,
     TrainConfig,
+    WeightAverage,
     augment_sample,
     class_weights,
     confusion,
@@ -165,8 +166,9 @@ def test_loss_decreases_on_a_tiny_overfit_set(scans, tmp_path):
     assert not res.model.training
 
 
-def test_resume_continues_exactly(scans, tmp_path):
-    cfg = small_cfg(epochs=3, steps_per_epoch=2)
+@pytest.mark.parametrize("average_from", [0.0, 0.4])
+def test_resume_continues_exactly(scans, tmp_path, average_from):
+    cfg = small_cfg(epochs=3, steps_per_epoch=2, average_from=average_from)
     full = train(TINY, cfg, scans, scans[:1], tmp_path / "full")
     calls = {"n": 0}
 
@@ -183,6 +185,24 @@ def test_resume_continues_exactly(scans, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+
+
+def test_weight_average_is_the_mean_of_the_states():
+    models = [CloseNet(TINY) for _ in range(3)]
+    for i, m in enumerate(models):
+        with torch.no_grad():
+            m.decoder.layers[-1].bn.running_mean.fill_(float(i))
+    avg = WeightAverage()
+    for m in models:
+        avg.update(m)
+    mean = avg.model_like(models[0])
+    assert mean is not models[0] and avg.count == 3
+    for k, v in mean.state_dict().items():
+        if v.is_floating_point():
+            expected = torch.stack([m.state_dict()[k] for m in models]).mean(0)
+            torch.testing.assert_close(v, expected, msg=k)
+    assert float(mean.decoder.layers[-1].bn.running_mean[0]) == pytest.approx(1.0)
+    assert WeightAverage().model_like(models[1]) is models[1]  # nothing averaged yet
 
 
 def test_resume_refuses_other_data_and_fresh_start_refuses_old_state(scans, tmp_path):

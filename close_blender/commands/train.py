@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scan-balance", type=float, metavar="POWER",
                         help="within each sample, weigh each class by its share ** -POWER "
                              "(default 0; 0.5 lifts a scan's small visible parts)")
+    parser.add_argument("--average-from", type=float, metavar="FRACTION",
+                        help="return the mean of the weights over the steps after this "
+                             "fraction of the run (default 0: the last weights)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-augment", action="store_true", help="plain reference sampling")
     parser.add_argument("--resume", action="store_true", help="continue from OUT.state/")
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "threads": args.threads, "class_balance": args.class_balance,
-        "scan_balance": args.scan_balance}.items() if v is not None}
+        "scan_balance": args.scan_balance, "average_from": args.average_from}.items() if v is not None}
     with contextlib.ExitStack() as unpacked:  # zips are extracted for this run only
 
         def files(paths: list[str]) -> list:
