@@ -32,6 +32,8 @@ A correction is a CloSe-D ``.npz`` with the corrected ``labels`` and, optionally
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from close_blender.errors import Cancelled, CloseError, ScanError
+from close_blender.fileio import write_bytes_atomic
 from close_blender.model_versions import file_sha256
 from close_blender.scan_io import load_scan, scan_paths
 from inference.closenet import CloseNet
@@ -413,6 +416,40 @@ def _short(m: dict[str, Any] | None) -> dict[str, Any] | None:
                               "n_scans", "n_points")}
 
 
+SCORE_CACHE = "replay-scores.json"  # in the versions folder, beside the versions
+SCORE_CACHE_SIZE = 64
+
+
+def _replay_key(model_sha: str, scans: Sequence[Scan], max_points: int) -> str:
+    """Which model scored which replay scans (their contents) at which subset size."""
+    h = hashlib.sha256(f"{model_sha}:{max_points}".encode())
+    for s in scans:
+        for a in (s.points, s.colors, s.normals, s.canon, s.labels, s.garments):
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _cached_scores(out_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((out_dir / SCORE_CACHE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # none yet, or damaged: scoring again is always safe
+    return data if isinstance(data, dict) else {}
+
+
+def _store_score(out_dir: Path, key: str, metrics: dict[str, Any]) -> None:
+    """Remember a version's replay score: the next round from it starts with it."""
+    data = _cached_scores(out_dir)
+    data.pop(key, None)
+    data[key] = metrics
+    data = dict(list(data.items())[-SCORE_CACHE_SIZE:])
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(out_dir / SCORE_CACHE, json.dumps(data).encode())
+    except OSError:
+        pass  # a cache: a read-only folder only costs the next round a few seconds
+
+
 @dataclass
 class FinetuneResult:
     path: Path
@@ -449,16 +486,22 @@ def finetune(checkpoint: str | Path, corrections: Sequence[str | Path], out_dir:
     rep = replay_scans(replay if replay is not None else out_dir / "replay", progress)
     rep_train, rep_eval = rep[0::2], rep[1::2]
 
-    def score(tag: str) -> dict[str, Any]:
+    def score(tag: str, replay_known: dict[str, Any] | None = None) -> dict[str, Any]:
         if progress is not None:
             progress(0.0, f"evaluating ({tag})")
-        out = {"replay": _short(evaluate_scans(model, rep_eval, cfg.eval_max_points,
-                                               cancelled=cancelled))}
+        out = {"replay": replay_known or _short(evaluate_scans(
+            model, rep_eval, cfg.eval_max_points, cancelled=cancelled))}
         out["heldout"] = _short(evaluate_scans(model, held, cfg.eval_max_points,
                                                cancelled=cancelled)) if held else None
         return out
 
-    before = score("before")
+    # the parent's replay score is known when a round from it (or the one that made it)
+    # already scored it: scoring is deterministic, so the stored figures are the same
+    parent_key = _replay_key(parent.sha256, rep_eval, cfg.eval_max_points)
+    known = _cached_scores(out_dir).get(parent_key)
+    before = score("before", known)
+    if known is None:
+        _store_score(out_dir, parent_key, before["replay"])
     t_eval = time.monotonic() - t0
     timing = tune(model, [s for s, _ in new], [s for s, _ in earlier], rep_train, cfg,
                   progress, cancelled)
@@ -480,6 +523,7 @@ def finetune(checkpoint: str | Path, corrections: Sequence[str | Path], out_dir:
         raise Cancelled()
     timing["seconds_total"] = round(time.monotonic() - t0, 2)
     timing["seconds_eval_before"] = round(t_eval, 2)
+    timing["replay_before_cached"] = known is not None
     meta = {
         "provenance": {"source": "finetune", "parent_sha256": parent.sha256,
                        "training_data": data, "metrics": metrics},
@@ -498,5 +542,6 @@ def finetune(checkpoint: str | Path, corrections: Sequence[str | Path], out_dir:
                 raise
     else:
         raise CloseError(f"cannot find a free version number in {out_dir}")
+    _store_score(out_dir, _replay_key(sha, rep_eval, cfg.eval_max_points), after["replay"])
     return FinetuneResult(path, sha, flagged, reason, metrics, timing)
 

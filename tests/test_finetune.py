@@ -100,6 +100,20 @@ def test_versions_never_overwrite_and_replay_earlier_corrections(parent, dirs):
     assert [c["file"] for c in data["corrections"]] == ["c2.npz"]
     assert [c["file"] for c in data["earlier_corrections"]] == ["c1.npz"]
     assert next_version_path(dirs["out"], "finetuned").name == "finetuned-v004.safetensors"
+    # v1's replay score was kept when v1 was written: the round from it starts with it
+    m1 = load_checkpoint(v1.path).meta
+    m3 = load_checkpoint(v3.path).meta
+    assert not m1["finetune"]["timing"]["replay_before_cached"]
+    assert m3["finetune"]["timing"]["replay_before_cached"]
+    assert (m3["provenance"]["metrics"]["before"]["replay"]
+            == m1["provenance"]["metrics"]["after"]["replay"])
+    from inference.finetune import _short, replay_scans
+    from inference.training import evaluate_scans
+
+    # ... and it is what scoring v1 again gives (scoring is deterministic)
+    rescored = evaluate_scans(load_checkpoint(v1.path).model, replay_scans(dirs["replay"])[1::2],
+                              FAST["eval_max_points"])
+    assert json.loads(json.dumps(_short(rescored))) == m1["provenance"]["metrics"]["after"]["replay"]
     assert next_version_path(dirs["out"], "other").name == "other-v001.safetensors"
 
 
