@@ -331,7 +331,7 @@ def tune(model: CloseNet, new: Sequence[Scan], earlier: Sequence[Scan], replay: 
         weights = torch.stack([c.weights for c in picks])
         loss = weighted_ce(logits, labels, weights)
         guarded = [i for i, c in enumerate(picks) if c.teacher is not None]
-        if distill and guarded:
+        if guarded:  # teachers exist only with distillation on
             loss = loss + cfg.distill * distillation(
                 logits[guarded], torch.stack([picks[i].teacher for i in guarded]))
         if cfg.pull_strength > 0:
