@@ -420,13 +420,18 @@ SCORE_CACHE = "replay-scores.json"  # in the versions folder, beside the version
 SCORE_CACHE_SIZE = 64
 
 
-def _replay_key(model_sha: str, scans: Sequence[Scan], max_points: int) -> str:
-    """Which model scored which replay scans (their contents) at which subset size."""
-    h = hashlib.sha256(f"{model_sha}:{max_points}".encode())
+def _scans_digest(scans: Sequence[Scan]) -> str:
+    """A hash of the scans' contents (what a score of them depends on)."""
+    h = hashlib.sha256()
     for s in scans:
         for a in (s.points, s.colors, s.normals, s.canon, s.labels, s.garments):
             h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def _replay_key(model_sha: str, scans_digest: str, max_points: int) -> str:
+    """Which model scored which replay scans at which subset size."""
+    return hashlib.sha256(f"{model_sha}:{scans_digest}:{max_points}".encode()).hexdigest()
 
 
 def _cached_scores(out_dir: Path) -> dict[str, Any]:
@@ -497,7 +502,8 @@ def finetune(checkpoint: str | Path, corrections: Sequence[str | Path], out_dir:
 
     # the parent's replay score is known when a round from it (or the one that made it)
     # already scored it: scoring is deterministic, so the stored figures are the same
-    parent_key = _replay_key(parent.sha256, rep_eval, cfg.eval_max_points)
+    rep_digest = _scans_digest(rep_eval)
+    parent_key = _replay_key(parent.sha256, rep_digest, cfg.eval_max_points)
     known = _cached_scores(out_dir).get(parent_key)
     before = score("before", known)
     if known is None:
@@ -542,6 +548,6 @@ def finetune(checkpoint: str | Path, corrections: Sequence[str | Path], out_dir:
                 raise
     else:
         raise CloseError(f"cannot find a free version number in {out_dir}")
-    _store_score(out_dir, _replay_key(sha, rep_eval, cfg.eval_max_points), after["replay"])
+    _store_score(out_dir, _replay_key(sha, rep_digest, cfg.eval_max_points), after["replay"])
     return FinetuneResult(path, sha, flagged, reason, metrics, timing)
 

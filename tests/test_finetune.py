@@ -17,13 +17,15 @@ from inference.checkpoints import load_checkpoint, save_native
 from inference.closenet import CloseNet
 from inference.finetune import (
     FinetuneConfig,
+    _short,
     correction_from_arrays,
     distillation,
     finetune,
     next_version_path,
     reference_tune,
+    replay_scans,
 )
-from inference.training import scan_from_arrays
+from inference.training import evaluate_scans, scan_from_arrays
 from tests.test_training import TINY, fake_scan
 
 FAST = dict(steps=6, n_points=256, eval_max_points=300)
@@ -107,9 +109,6 @@ def test_versions_never_overwrite_and_replay_earlier_corrections(parent, dirs):
     assert m3["finetune"]["timing"]["replay_before_cached"]
     assert (m3["provenance"]["metrics"]["before"]["replay"]
             == m1["provenance"]["metrics"]["after"]["replay"])
-    from inference.finetune import _short, replay_scans
-    from inference.training import evaluate_scans
-
     # ... and it is what scoring v1 again gives (scoring is deterministic)
     rescored = evaluate_scans(load_checkpoint(v1.path).model, replay_scans(dirs["replay"])[1::2],
                               FAST["eval_max_points"])
