@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from close_blender.defaults import PASSES
 from close_blender.errors import Cancelled, CheckpointError, CloseError, ScanError
 from close_blender.labels import CLASS_NAMES, N_CLASSES, garments_from_names, names_of
 
@@ -425,8 +426,9 @@ def auto_garments(labels: np.ndarray, min_share: float) -> np.ndarray:
 
 @job("segment")
 def segment(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arrays]:
-    """Segment a scan: fit the body, run CloSe-Net, and with garments "auto" run again
-    with only the classes that cover at least ``auto_min_share`` of the scan.
+    """Segment a scan: fit the body, run CloSe-Net (``passes`` random chunkings averaged,
+    default 2), and with garments "auto" first run one pass over all classes, then the
+    final run with only the classes that cover at least ``auto_min_share`` of the scan.
 
     arrays: vertices (N, 3) metres y-up, optional faces (F, 3), colors (N, 3) 0-1,
     optional normals (N, 3). Labels are limited to the garments used unless
@@ -437,7 +439,7 @@ def segment(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arra
     if not checkpoint:
         raise CheckpointError("no checkpoint was given", CHOOSE_CHECKPOINT)
     garments, auto = _garments_param(params.get("garments", "auto"))
-    passes = max(1, int(params.get("passes", 1)))
+    passes = max(1, int(params.get("passes", PASSES)))
     min_share = float(params.get("auto_min_share", 0.01))
     seed = int(params.get("seed", 0))
 
@@ -449,19 +451,20 @@ def segment(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arra
     closed, fit, warnings = _prepare(params, arrays, ctx, garments, 0.05, 0.55)
     ctx.check_cancelled()
 
-    def run(garm: np.ndarray, start: float, end: float, stage: str):
+    def run(garm: np.ndarray, start: float, end: float, stage: str, n_passes: int = passes):
         return predictor.predict(
             closed["points"], closed["colors"], closed["normals"], closed["canon_pose"], garm,
-            passes=passes, order=params.get("order", "shuffled"), seed=seed,
+            passes=n_passes, order=params.get("order", "shuffled"), seed=seed,
             progress=ctx.sub(start, end, stage), cancelled=ctx.cancelled)
 
     first_garments = None
     if auto:
-        first = run(garments, 0.55, 0.75, "Segmenting (all classes)")
+        # one pass is enough to tell which classes cover 1 % of the scan
+        first = run(garments, 0.55, 0.7, "Segmenting (all classes)", 1)
         first_garments = names_of(garments)
         garments = auto_garments(np.asarray(first.labels), min_share)
         ctx.check_cancelled()
-        prediction = run(garments, 0.75, 0.98, "Segmenting")
+        prediction = run(garments, 0.7, 0.98, "Segmenting")
     else:
         prediction = run(garments, 0.55, 0.98, "Segmenting")
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from close_blender import metrics
+from close_blender.defaults import PASSES
 from close_blender.errors import Cancelled, CheckpointError, CloseError, ScanError
 from close_blender.fileio import atomic_path
 from close_blender.labels import CLASS_NAMES, N_CLASSES, garments_from_labels
@@ -383,13 +384,15 @@ def summarize_confusions(cms: Sequence[np.ndarray]) -> dict[str, Any]:
 
 def evaluate_scans(model: CloseNet, scans: Sequence[Scan], max_points: int = 0,
                    seed: int = 0, garments: str = "scan", restrict: bool = True,
+                   passes: int = 1,
                    cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Whole-scan predictions (the predictor's random 2048 chunks, eval path) against labels.
 
     ``max_points`` > 0 evaluates a fixed random subset of each scan (a random subset of a
     random subset keeps the chunks' density, so the estimate is unbiased). ``garments``:
     ``scan`` uses the classes present in the labels, ``all`` sets all 18. ``restrict``
-    labels every point with a listed class, as Segment in Blender does.
+    labels every point with a listed class, as Segment in Blender does. ``passes``
+    random chunkings are averaged per scan (the summary records the count).
     """
     from inference.predictor import Predictor
 
@@ -407,11 +410,12 @@ def evaluate_scans(model: CloseNet, scans: Sequence[Scan], max_points: int = 0,
                                                                        replace=False))
             g = scan.garments if garments == "scan" else np.ones(N_CLASSES, np.float32)
             pred = predictor.predict(scan.points[idx], scan.colors[idx], scan.normals[idx],
-                                     scan.canon[idx], g, seed=seed + i, restrict=restrict)
+                                     scan.canon[idx], g, passes=passes, seed=seed + i,
+                                     restrict=restrict)
             cms.append(confusion(pred.labels, scan.labels[idx]))
     finally:
         model.train(was_training)
-    return summarize_confusions(cms)
+    return {**summarize_confusions(cms), "passes": int(passes)}
 
 
 # ---------------------------------------------------------------- training
@@ -649,13 +653,17 @@ def _say(log: Callable[[str], None] | None, text: str) -> None:
 def train_command(data: Sequence[str | Path], out: str | Path, *, config_path: str | None = None,
                   init: str | None = None, val: Sequence[str | Path] = (),
                   test: Sequence[str | Path] = (), overrides: dict[str, Any] | None = None,
-                  augment: bool = True, resume: bool = False, progress: Progress | None = None,
+                  augment: bool = True, resume: bool = False, dropout: float | None = None,
+                  progress: Progress | None = None,
                   cancelled: Callable[[], bool] | None = None,
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Load data, train, score the held-out set and write the native checkpoint ``out``.
 
     Returns ``{"sha256", "metrics", "history"}``. Nothing is written to ``out`` unless
-    training finishes; ``out`` is never overwritten.
+    training finishes; ``out`` is never overwritten. ``dropout`` replaces the decoder's
+    dropout rate while training; it has no weights, so the checkpoint keeps the
+    architecture's config (and fits ``--init`` and ``--config`` as before) and records the
+    rate used in ``training.dropout``.
     """
     from inference.checkpoints import load_checkpoint, save_native
 
@@ -671,6 +679,9 @@ def train_command(data: Sequence[str | Path], out: str | Path, *, config_path: s
     if init_ckpt is not None and init_ckpt.config != model_cfg:
         raise CloseError("the --init checkpoint's architecture differs from the --config one",
                          "drop --config to train with the checkpoint's architecture")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise CloseError(f"dropout {dropout} is outside [0, 1)", "give e.g. --dropout 0.2")
+    run_cfg = model_cfg if dropout is None else dataclasses.replace(model_cfg, dropout=float(dropout))
     for key, value in (overrides or {}).items():
         setattr(cfg, key, value)
     if not augment:
@@ -684,7 +695,7 @@ def train_command(data: Sequence[str | Path], out: str | Path, *, config_path: s
     overlap = names & {s.name for s in (*val_scans, *test_scans)}
     if overlap:
         _say(log, f"warning: {len(overlap)} held-out file name(s) also in the training data")
-    result = train(model_cfg, cfg, train_scans, val_scans, state_dir_for(out), resume=resume,
+    result = train(run_cfg, cfg, train_scans, val_scans, state_dir_for(out), resume=resume,
                    init_state=init_ckpt.model.state_dict() if init_ckpt else None,
                    progress=progress, cancelled=cancelled, log=log)
     metrics: dict[str, Any] = {}
@@ -694,6 +705,9 @@ def train_command(data: Sequence[str | Path], out: str | Path, *, config_path: s
         _say(log, f"scoring {len(test_scans)} held-out scans (all points)")
         metrics["test"] = evaluate_scans(result.model, test_scans, 0, seed=0,
                                          cancelled=cancelled)
+        if PASSES > 1:  # also as Segment, predict and evaluate run it by default
+            metrics["test_default_passes"] = evaluate_scans(
+                result.model, test_scans, 0, seed=0, passes=PASSES, cancelled=cancelled)
     meta = {
         "provenance": {
             "source": "trained" if init_ckpt is None else "trained-from-init",
@@ -707,7 +721,8 @@ def train_command(data: Sequence[str | Path], out: str | Path, *, config_path: s
             "metrics": metrics,
         },
         "training": {"train_config": cfg.to_dict(), "history": result.history,
-                     "epochs": result.epochs_run, "torch": torch.__version__},
+                     "epochs": result.epochs_run, "dropout": run_cfg.dropout,
+                     "torch": torch.__version__},
     }
     if cancelled is not None and cancelled():
         raise Cancelled()

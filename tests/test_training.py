@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from close_blender.cli import main as cli_main
+from close_blender.defaults import PASSES
 from close_blender.errors import Cancelled, CloseError, ScanError
 from close_blender.fileio import save_npz_atomic
 from close_blender.labels import N_CLASSES
@@ -228,13 +229,32 @@ def test_train_command_writes_metadata_and_never_overwrites(data_dir, tmp_path):
     prov = ck.meta["provenance"]
     assert ck.config == TINY and ck.sha256 == res["sha256"]
     assert prov["training_data"]["n_scans"] == 4 and prov["date"]
-    assert set(prov["metrics"]) == {"val", "test"}
+    assert set(prov["metrics"]) == {"val", "test", "test_default_passes"}
+    assert prov["metrics"]["test_default_passes"]["passes"] == PASSES == 2
     assert 0 <= prov["metrics"]["test"]["miou_strict"] <= 1
     assert len(ck.meta["training"]["history"]) == 2
     before = out.read_bytes()
     with pytest.raises(CloseError, match="never overwritten"):
         train_command([data_dir], out, config_path=str(cfg_file))
     assert out.read_bytes() == before
+
+
+def test_train_dropout_is_recorded_and_keeps_the_architecture(data_dir, tmp_path):
+    from inference.checkpoints import load_checkpoint
+
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(TINY_YAML)
+    with pytest.raises(CloseError, match="outside"):
+        train_command([data_dir], tmp_path / "bad.safetensors", config_path=str(cfg_file),
+                      dropout=1.0)
+    out = tmp_path / "d.safetensors"
+    train_command([data_dir], out, config_path=str(cfg_file), dropout=0.2,
+                  overrides={"epochs": 1})
+    ck = load_checkpoint(out)
+    assert ck.config == TINY and ck.meta["training"]["dropout"] == pytest.approx(0.2)
+    # the architecture is unchanged, so the checkpoint continues under the same --config
+    train_command([data_dir], tmp_path / "e.safetensors", config_path=str(cfg_file),
+                  init=str(out), overrides={"epochs": 1})
 
 
 def test_cancel_leaves_no_model(data_dir, tmp_path):

@@ -497,6 +497,7 @@ class _FakePredictor:
     """Stands in for inference.predictor.Predictor: labels follow x, limited to the garments."""
 
     calls: list[np.ndarray] = []
+    passes: list[int] = []
 
     def __init__(self, model, device="auto", chunk_size=2048):
         self.device = device
@@ -504,6 +505,7 @@ class _FakePredictor:
     def predict(self, points, colors, normals, canon, garments, *, passes=1, order="shuffled",
                 seed=0, progress=None, cancelled=None):
         _FakePredictor.calls.append(np.asarray(garments).copy())
+        _FakePredictor.passes.append(passes)
         allowed = np.flatnonzero(garments)
         n = len(points)
         # 90 % Body (1), 9.5 % TShirt (3), 0.5 % Hat (0): Hat is below the 1 % auto share
@@ -564,7 +566,7 @@ def test_segment_auto_garments_with_stand_in_models(monkeypatch, tmp_path):
     from inference.jobs import JobContext, segment
 
     ckpt = _fake_model_modules(monkeypatch, tmp_path)
-    _FakePredictor.calls = []
+    _FakePredictor.calls, _FakePredictor.passes = [], []
     n = 2000
     arrays = {"vertices": np.random.default_rng(0).random((n, 3), dtype=np.float32),
               "colors": np.full((n, 3), 0.2, np.float32)}
@@ -572,6 +574,7 @@ def test_segment_auto_garments_with_stand_in_models(monkeypatch, tmp_path):
     ctx = JobContext(send_progress=lambda f, s: progress.append((f, s)), min_interval=0)
     fields, out = segment({"checkpoint": str(ckpt), "device": "cpu"}, arrays, ctx)
     assert len(_FakePredictor.calls) == 2 and _FakePredictor.calls[0].all()
+    assert _FakePredictor.passes == [1, 2] and fields["passes"] == 2  # detect in one pass
     assert fields["garments"] == ["Body", "TShirt"]  # Hat (0.5 %) dropped by the 1 % rule
     assert fields["auto"]["first_garments"] == list(CLASS_NAMES)
     assert out["labels"].dtype == np.int64 and out["labels"].shape == (n,)

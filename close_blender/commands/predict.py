@@ -14,6 +14,8 @@ import argparse
 import sys
 import time
 
+from ..defaults import PASSES
+
 HELP = "segment a CloSe-D scan (.npz) with CloSe-Net"
 ORDER = 20
 
@@ -25,8 +27,9 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
                              ".safetensors, or 'default' (the bundled model)")
     parser.add_argument("--chunk-size", type=int, default=2048,
                         help="points per network chunk (default 2048, as in training)")
-    parser.add_argument("--passes", type=int, default=1,
-                        help="random permutations to average (default 1)")
+    parser.add_argument("--passes", type=int, default=PASSES,
+                        help=f"random chunkings to average (default {PASSES}; 1 is twice as "
+                             "fast and about one point of mIoU worse)")
     parser.add_argument("--order", choices=("shuffled", "sequential"), default="shuffled",
                         help="shuffled (as the reference) or sequential (reproducible debugging)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutations")

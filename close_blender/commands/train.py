@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--average-from", type=float, metavar="FRACTION",
                         help="return the mean of the weights over the steps after this "
                              "fraction of the run (default 0: the last weights)")
+    parser.add_argument("--dropout", type=float, metavar="P",
+                        help="decoder dropout while training (default: the architecture's, "
+                             "0.5; it changes no weights, so --init checkpoints keep working)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-augment", action="store_true", help="plain reference sampling")
     parser.add_argument("--resume", action="store_true", help="continue from OUT.state/")
@@ -85,13 +88,13 @@ def run(args: argparse.Namespace) -> int:
         result = train_command(
             files(args.data), out, config_path=args.config, init=args.init,
             val=files(args.val), test=files(args.test), overrides=overrides,
-            augment=not args.no_augment, resume=args.resume,
+            augment=not args.no_augment, resume=args.resume, dropout=args.dropout,
             progress=None if args.quiet else TextBar(), log=log)
     print(f"wrote {out} (sha256 {result['sha256'][:12]})")
-    for name in ("val", "test"):
+    for name in ("val", "test", "test_default_passes"):
         m = result["metrics"].get(name)
         if m:
             print(f"{name}: mIoU strict {m['miou_strict']:.4f}, reference "
                   f"{m['miou_reference']:.4f}, accuracy {m['accuracy']:.4f} "
-                  f"({m['n_scans']} scans)")
+                  f"({m['n_scans']} scans, {m.get('passes', 1)} pass(es))")
     return 0
