@@ -257,6 +257,36 @@ def test_train_dropout_is_recorded_and_keeps_the_architecture(data_dir, tmp_path
                   init=str(out), overrides={"epochs": 1})
 
 
+def test_rescore_tool_adds_the_default_pass_score_to_a_new_file(data_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from inference.checkpoints import load_checkpoint
+
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(TINY_YAML)
+    old = tmp_path / "old.safetensors"
+    train_command([data_dir], old, config_path=str(cfg_file), test=[data_dir / "scan_1.npz"],
+                  overrides={"epochs": 1})
+    tool = Path(__file__).resolve().parents[1] / "tools" / "rescore_checkpoint.py"
+
+    def rescore(test: str, out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(tool), str(old), str(data_dir / test),
+                               "--out", str(out)], capture_output=True, text=True)
+
+    wrong = rescore("scan_2.npz", tmp_path / "wrong.safetensors")
+    assert wrong.returncode == 2 and "held-out set" in wrong.stderr
+    assert not (tmp_path / "wrong.safetensors").exists()
+    new = tmp_path / "new.safetensors"
+    assert rescore("scan_1.npz", new).returncode == 0
+    a, b = load_checkpoint(old), load_checkpoint(new)
+    assert b.meta["provenance"]["rescored_from"] == a.sha256 != b.sha256
+    assert b.meta["provenance"]["metrics"]["test_default_passes"]["passes"] == PASSES
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+    again = rescore("scan_1.npz", new)  # never overwritten
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+
+
 def test_cancel_leaves_no_model(data_dir, tmp_path):
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(TINY_YAML)

@@ -19,34 +19,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from close_blender.defaults import PASSES
-    from inference.checkpoints import load_checkpoint, save_native
-    from inference.training import evaluate_scans, load_scans
+    from close_blender.errors import CloseError
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("test", nargs="+", help="the held-out CloSe-D files or folders")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
+    try:
+        return rescore(args.checkpoint, args.test, args.out)
+    except CloseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
-    ckpt = load_checkpoint(args.checkpoint)
+
+def rescore(checkpoint: str, test: list[str], out: Path) -> int:
+    """Score ``checkpoint`` at the default pass count and write the copy ``out``."""
+    from close_blender.defaults import PASSES
+    from close_blender.errors import CloseError
+    from inference.checkpoints import load_checkpoint, save_native
+    from inference.training import evaluate_scans, load_scans
+
+    if out.exists():
+        raise CloseError(f"{out} exists and checkpoints are never overwritten",
+                         "choose a new output name")
+    ckpt = load_checkpoint(checkpoint)
     meta = dict(ckpt.meta)
     prov = dict(meta.get("provenance") or {})
-    scans = load_scans(args.test)
+    scans = load_scans(test)
     names = sorted(s.name for s in scans)
     expected = (prov.get("training_data") or {}).get("test_files")
     if expected and names != sorted(expected):
-        print(f"error: these are not the scans of the checkpoint's held-out set ({len(expected)} "
-              "files named in provenance.training_data.test_files)", file=sys.stderr)
-        return 2
+        raise CloseError("these are not the scans of the checkpoint's held-out set "
+                         f"({len(expected)} files named in provenance.training_data.test_files)",
+                         "give the scans of the --test set it was trained with")
     result = evaluate_scans(ckpt.model, scans, 0, seed=0, passes=PASSES)
     prov["metrics"] = {**(prov.get("metrics") or {}), "test_default_passes": result}
     prov["rescored_from"] = ckpt.sha256
     meta["provenance"] = prov
-    sha = save_native(args.out, ckpt.model, ckpt.config, meta)
+    sha = save_native(out, ckpt.model, ckpt.config, meta)
     print(f"{PASSES} passes: strict mIoU {result['miou_strict']:.4f}, reference "
           f"{result['miou_reference']:.4f}, accuracy {result['accuracy']:.4f}")
-    print(f"wrote {args.out} (sha256 {sha[:12]})")
+    print(f"wrote {out} (sha256 {sha[:12]})")
     return 0
 
 
