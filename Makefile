@@ -4,6 +4,7 @@
 #   make setup      .venv with the pinned packages, the project installed, Anny's cache built
 #   make extension  dist/close_blender-<version>.zip, checked by Blender's extension tool
 #   make train-default  regenerate the training scans and retrain inference/models/default
+#                       (the staged recipe, ~6 h, resumable; DRY_RUN=1 checks it in minutes)
 
 PYTHON ?= python3
 VENV := .venv
@@ -39,7 +40,7 @@ test: setup lint
 extension: setup
 	$(VPY) tools/build_extension.py dist
 
-# Retrain the bundled model from generated scans (hours on a CPU; rerun to resume).
+# Retrain the bundled model from generated scans (~6 h on a CPU; rerun to resume).
 train-default: setup
 	bash tools/train_default.sh
 
