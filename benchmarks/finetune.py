@@ -110,10 +110,11 @@ def bgr_coloured(src: Path, dst: Path) -> None:
 RECOLOURED = {"skin": skin_coloured, "bgr": bgr_coloured}
 
 
-def strict(model, scans, max_points: int) -> float:
+def strict(model, scans, max_points: int, fallback=None) -> float:
+    """Strict mIoU as the checkpoint predicts (gated when it has fallback weights)."""
     from inference.training import evaluate_scans
 
-    return evaluate_scans(model, scans, max_points, seed=0)["miou_strict"]
+    return evaluate_scans(model, scans, max_points, seed=0, fallback=fallback)["miou_strict"]
 
 
 def main() -> int:
@@ -196,10 +197,11 @@ def main() -> int:
         out = work / f"versions-{layers}"
         shutil.rmtree(out, ignore_errors=True)
         res = finetune(base.path, [corr_dir], out, replay=work / "replay", cfg=cfg)
-        tuned = load_checkpoint(res.path).model
-        rows.append((f"ours, {layers} ({cfg.steps} st)", strict(tuned, new_eval, args.eval_points),
-                     strict(tuned, old, args.eval_points), res.timing["seconds_total"],
-                     "flagged" if res.flagged else ""))
+        tuned = load_checkpoint(res.path)
+        name = f"ours, {layers} ({cfg.steps} st){', gated' if tuned.fallback else ''}"
+        rows.append((name, strict(tuned.model, new_eval, args.eval_points, tuned.fallback),
+                     strict(tuned.model, old, args.eval_points, tuned.fallback),
+                     res.timing["seconds_total"], "flagged" if res.flagged else ""))
     if not args.no_reference:
         ref = load_checkpoint(args.checkpoint).model
         secs = reference_tune(ref, corrected)

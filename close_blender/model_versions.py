@@ -46,6 +46,7 @@ class VersionInfo:
     metrics_after: dict[str, Any] = field(default_factory=dict)
     flagged: bool = False
     flag_reason: str = ""
+    gated: bool = False  # keeps its starting weights; each scan goes to the surer of the two
     data: dict[str, Any] = field(default_factory=dict)  # the training data used, as recorded
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -163,6 +164,7 @@ def version_info(path: str | os.PathLike) -> VersionInfo:
         info.flag_reason = str(_first(tune.get("flag_reason"), prov.get("flag_reason"),
                                       metrics.get("flag_reason") if isinstance(metrics, dict)
                                       else None) or "the replay set got worse")
+    info.gated = bool(tune.get("gated"))
     return info
 
 

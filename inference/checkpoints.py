@@ -33,7 +33,8 @@ from close_blender.model_versions import META_KEY, file_sha256
 from inference.closenet import CloseNet, CloseNetConfig
 
 NATIVE_FORMAT = "close-blender-closenet"
-NATIVE_VERSION = 1
+NATIVE_VERSION = 2  # 2: may hold a gated version's fallback tensors (written only then)
+FALLBACK_PREFIX = "fallback/"
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 PROJECT_NAMES = {"default": MODELS_DIR / "default.safetensors"}
 
@@ -45,6 +46,9 @@ class LoadedCheckpoint:
     meta: dict
     path: Path
     sha256: str  # of the weights file
+    # a gated fine-tune version's starting weights (None for every other checkpoint): the
+    # predictor labels each scan with whichever of the two is more confident on it
+    fallback: CloseNet | None = None
 
 
 # ---------------------------------------------------------------- key mapping
@@ -311,8 +315,12 @@ def export_published(native_path: str | os.PathLike, out_pth_path: str | os.Path
 
 
 def save_native(path: str | os.PathLike, model: CloseNet, config: CloseNetConfig,
-                meta: dict) -> str:
-    """Write weights + metadata as ``.safetensors``; never overwrites; returns its sha256."""
+                meta: dict, fallback: CloseNet | None = None) -> str:
+    """Write weights + metadata as ``.safetensors``; never overwrites; returns its sha256.
+
+    ``fallback`` (a gated version's starting weights) is stored as the tensors that differ
+    from ``model``'s, under ``FALLBACK_PREFIX``; ``load_native`` rebuilds it.
+    """
     from safetensors.torch import save_file
 
     target = Path(path)
@@ -323,7 +331,7 @@ def save_native(path: str | os.PathLike, model: CloseNet, config: CloseNetConfig
                               "choose a new name (for example with a version suffix)")
     full = default_meta(config)
     full.update(meta or {})
-    full["format"], full["format_version"] = NATIVE_FORMAT, NATIVE_VERSION
+    full["format"], full["format_version"] = NATIVE_FORMAT, 1
     full["architecture"] = config.to_dict()
     prov = dict(default_meta(config)["provenance"])
     prov.update(full.get("provenance") or {})
@@ -332,6 +340,13 @@ def save_native(path: str | os.PathLike, model: CloseNet, config: CloseNetConfig
     full["provenance"] = prov
     tensors = {k: v.detach().to("cpu").contiguous().clone()
                for k, v in model.state_dict().items()}
+    if fallback is not None:
+        for k, v in fallback.state_dict().items():
+            v = v.detach().to("cpu")
+            if not torch.equal(v, tensors[k]):
+                tensors[FALLBACK_PREFIX + k] = v.contiguous().clone()
+    if any(k.startswith(FALLBACK_PREFIX) for k in tensors):
+        full["format_version"] = NATIVE_VERSION  # older readers refuse it by its version
     try:
         with atomic_path(target, overwrite=False) as tmp:
             save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(full)})
@@ -366,9 +381,15 @@ def load_native(path: str | os.PathLike) -> LoadedCheckpoint:
             f"{p.name} has format version {meta.get('format_version')}, this version reads "
             f"up to {NATIVE_VERSION}", "update close-blender")
     config = CloseNetConfig.from_dict(meta.get("architecture") or {})
-    model = CloseNet(config)
-    check_native_state(state, model)
-    return LoadedCheckpoint(build_model(config, state), config, meta, p, file_sha256(p))
+    fallback = {k[len(FALLBACK_PREFIX):]: state.pop(k) for k in list(state)
+                if k.startswith(FALLBACK_PREFIX)}
+    check_native_state(state, CloseNet(config))
+    unknown = sorted(set(fallback) - set(state))
+    if unknown:
+        raise CheckpointError(f"{p.name}: fallback tensors for unknown weights ({unknown[0]}...)",
+                              "the file was not written by this project")
+    return LoadedCheckpoint(build_model(config, state), config, meta, p, file_sha256(p),
+                            build_model(config, {**state, **fallback}) if fallback else None)
 
 
 # ---------------------------------------------------------------- entry points

@@ -24,13 +24,17 @@ A correction is a CloSe-D ``.npz`` with the corrected ``labels`` and, optionally
    or absolute (L1) differences of the trained weights from their starting values.
 4. Before/after evaluation on held-out corrections and on the replay-eval set;
    a round whose replay strict mIoU drops by more than ``flag_threshold`` is
-   flagged and not activated.
+   flagged and not activated. A *gated* version (``gate``, the default) is scored as
+   it predicts: each scan by whichever of its tuned and starting weights is more
+   confident on it.
 5. The result is written as ``<out_dir>/<name>-vNNN.safetensors`` (next free
-   number, never overwriting) with the parent hash, the data used and the metrics.
+   number, never overwriting) with the parent hash, the data used and the metrics,
+   and for a gated version the starting weights of the tensors that changed.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -91,6 +95,12 @@ class FinetuneConfig:
     # than their labels alone.
     distill: float = 1.0
     mask_absent: bool = True  # cross-entropy over the scan's garments only, as in training
+    # Gated version: keep the starting weights beside the tuned ones (only the tensors that
+    # changed) and label each scan with whichever is more confident on it, so a version
+    # tuned to one studio's look does not unlearn the others (docs/training.md). A round
+    # from a gated version keeps its fallback: the gate always falls back to the weights
+    # before the first gated round.
+    gate: bool = True
     eval_max_points: int = 4096
     seed: int = 0
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
@@ -412,8 +422,9 @@ def next_version_path(out_dir: str | Path, name: str) -> Path:
 def _short(m: dict[str, Any] | None) -> dict[str, Any] | None:
     if m is None:
         return None
-    return {k: m[k] for k in ("miou_strict", "miou_reference", "accuracy", "per_class_iou",
-                              "n_scans", "n_points")}
+    keys = ("miou_strict", "miou_reference", "accuracy", "per_class_iou", "n_scans", "n_points",
+            "scans_to_tuned")
+    return {k: m[k] for k in keys if k in m}
 
 
 SCORE_CACHE = "replay-scores.json"  # in the versions folder, beside the versions
@@ -480,6 +491,11 @@ def finetune(checkpoint: str | Path, corrections: Sequence[str | Path], out_dir:
     out_dir = Path(out_dir)
     parent = load_checkpoint(checkpoint)
     model = parent.model
+    fallback = parent.fallback
+    if fallback is None and cfg.gate:
+        fallback = copy.deepcopy(model)  # before ``tune`` changes ``model`` in place
+    if not cfg.gate:
+        fallback = None
     seen = set((parent.meta.get("finetune") or {}).get("corrections_seen") or [])
     loaded = load_corrections(corrections, cfg.changed_weight)
     new = [(s, h) for s, h in loaded if h not in seen]
@@ -491,12 +507,13 @@ def finetune(checkpoint: str | Path, corrections: Sequence[str | Path], out_dir:
     rep = replay_scans(replay if replay is not None else out_dir / "replay", progress)
     rep_train, rep_eval = rep[0::2], rep[1::2]
 
-    def score(tag: str, replay_known: dict[str, Any] | None = None) -> dict[str, Any]:
+    def score(tag: str, gate: CloseNet | None,
+              replay_known: dict[str, Any] | None = None) -> dict[str, Any]:
         if progress is not None:
             progress(0.0, f"evaluating ({tag})")
         out = {"replay": replay_known or _short(evaluate_scans(
-            model, rep_eval, cfg.eval_max_points, cancelled=cancelled))}
-        out["heldout"] = _short(evaluate_scans(model, held, cfg.eval_max_points,
+            model, rep_eval, cfg.eval_max_points, fallback=gate, cancelled=cancelled))}
+        out["heldout"] = _short(evaluate_scans(model, held, cfg.eval_max_points, fallback=gate,
                                                cancelled=cancelled)) if held else None
         return out
 
@@ -505,13 +522,13 @@ def finetune(checkpoint: str | Path, corrections: Sequence[str | Path], out_dir:
     rep_digest = _scans_digest(rep_eval)
     parent_key = _replay_key(parent.sha256, rep_digest, cfg.eval_max_points)
     known = _cached_scores(out_dir).get(parent_key)
-    before = score("before", known)
+    before = score("before", parent.fallback, known)
     if known is None:
         _store_score(out_dir, parent_key, before["replay"])
     t_eval = time.monotonic() - t0
     timing = tune(model, [s for s, _ in new], [s for s, _ in earlier], rep_train, cfg,
                   progress, cancelled)
-    after = score("after")
+    after = score("after", fallback)
     drop = before["replay"]["miou_strict"] - after["replay"]["miou_strict"]
     flagged = bool(drop > cfg.flag_threshold)
     reason = (f"replay strict mIoU fell by {100 * drop:.1f} points (more than "
@@ -535,13 +552,14 @@ def finetune(checkpoint: str | Path, corrections: Sequence[str | Path], out_dir:
                        "training_data": data, "metrics": metrics},
         "finetune": {"parent_sha256": parent.sha256, "parent_path": str(parent.path),
                      "flagged": flagged, "flag_reason": reason, "config": cfg.to_dict(),
+                     "gated": fallback is not None,
                      "timing": timing,
                      "corrections_seen": sorted(seen | {h for _, h in loaded})},
     }
     for _ in range(100):  # a concurrent run may take a number: try the next one
         path = next_version_path(out_dir, name)
         try:
-            sha = save_native(path, model, parent.config, meta)
+            sha = save_native(path, model, parent.config, meta, fallback=fallback)
             break
         except CloseError:
             if not path.exists():

@@ -339,7 +339,7 @@ def _garments_param(value: Any) -> tuple[np.ndarray, bool]:
 def _load_predictor(ctx: JobContext, checkpoint: str, device: str, chunk_size: int):
     """(LoadedCheckpoint, Predictor), cached by checkpoint file, mtime and device."""
     from inference.checkpoints import load_checkpoint, resolve_checkpoint
-    from inference.predictor import Predictor
+    from inference.predictor import predictor_for
 
     path = resolve_checkpoint(checkpoint)  # CheckpointError naming what is missing or wrong
     key = ModelCache.file_key(path, device, chunk_size)
@@ -347,7 +347,8 @@ def _load_predictor(ctx: JobContext, checkpoint: str, device: str, chunk_size: i
     def load():
         ctx.progress(0.02, "Loading checkpoint")
         loaded = load_checkpoint(path)
-        return loaded, Predictor(loaded.model, device=device, chunk_size=chunk_size)
+        return loaded, predictor_for(loaded.model, loaded.fallback, device=device,
+                                     chunk_size=chunk_size)
 
     return ctx.cache.get(key, load)
 
@@ -484,6 +485,7 @@ def segment(params: dict, arrays: Arrays, ctx: JobContext) -> tuple[Fields, Arra
                        "sha256": getattr(loaded, "sha256", None)},
         "device": device,
         "passes": passes,
+        "gate": prediction.source or None,  # a gated version: which weights labelled it
         "n_points": int(len(labels)),
         "relabelled": relabelled,
         "warnings": warnings,

@@ -39,6 +39,7 @@ class Prediction:
     labels: np.ndarray  # (N,) int64
     confidence: np.ndarray  # (N,) float32, max probability
     entropy: np.ndarray  # (N,) float32, natural log
+    source: str = ""  # a gated version's choice: "tuned" or "fallback" ("" otherwise)
 
     def restricted(self, garments: Any) -> tuple[Prediction, int]:
         """Labels limited to the classes set in ``garments``: (prediction, points changed).
@@ -259,6 +260,42 @@ def _summarize(logits: torch.Tensor, probs: torch.Tensor) -> Prediction:
     )
 
 
+class GatedPredictor:
+    """A gated fine-tune version: its tuned weights and the weights it started from, each
+    scan labelled by the one more confident on it (mean probability of each point's label
+    among the listed garments). A version tuned to a studio's look then reads that look
+    without unlearning every other scan (docs/training.md, "Gated versions"). Costs
+    two predictions per scan; same arguments and results as :class:`Predictor`, with
+    ``Prediction.source`` saying which weights labelled the scan.
+    """
+
+    def __init__(self, model: CloseNet, fallback: CloseNet, **options: Any) -> None:
+        self.tuned = Predictor(model, **options)
+        self.fallback = Predictor(fallback, **options)
+        self.device = self.tuned.device
+
+    def predict(self, points, colors, normals, canon, garments, *, restrict: bool = False,
+                progress: Progress | None = None, **options: Any) -> Prediction:
+        results = []
+        for k, predictor in enumerate((self.tuned, self.fallback)):
+            part = None if progress is None else (
+                lambda f, s, k=k: progress((k + f) / 2, s))
+            results.append(predictor.predict(points, colors, normals, canon, garments,
+                                             progress=part, **options))
+        scores = [float(r.restricted(garments)[0].confidence.mean()) for r in results]
+        pick = 0 if scores[0] > scores[1] else 1
+        chosen = replace(results[pick], source=("tuned", "fallback")[pick])
+        return chosen.restricted(garments)[0] if restrict else chosen
+
+
+def predictor_for(model: CloseNet, fallback: CloseNet | None = None,
+                  **options: Any) -> Predictor | GatedPredictor:
+    """The predictor of a checkpoint: gated when it has ``fallback`` weights."""
+    if fallback is None:
+        return Predictor(model, **options)
+    return GatedPredictor(model, fallback, **options)
+
+
 def predict_scan(arrays: dict, checkpoint, **options) -> Prediction:
     """Predict a CloSe-D scan dict (points, colors, normals, canon_pose, garments).
 
@@ -272,6 +309,6 @@ def predict_scan(arrays: dict, checkpoint, **options) -> Prediction:
                         "a CloSe-D scan needs points, colors, normals, canon_pose, garments")
     make = {k: options.pop(k) for k in ("device", "chunk_size", "max_batch_chunks", "workers")
             if k in options}
-    predictor = Predictor(checkpoint.model, **make)
+    predictor = predictor_for(checkpoint.model, getattr(checkpoint, "fallback", None), **make)
     return predictor.predict(arrays["points"], arrays["colors"], arrays["normals"],
                              arrays["canon_pose"], arrays["garments"], **options)

@@ -384,7 +384,7 @@ def summarize_confusions(cms: Sequence[np.ndarray]) -> dict[str, Any]:
 
 def evaluate_scans(model: CloseNet, scans: Sequence[Scan], max_points: int = 0,
                    seed: int = 0, garments: str = "scan", restrict: bool = True,
-                   passes: int = 1,
+                   passes: int = 1, fallback: CloseNet | None = None,
                    cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Whole-scan predictions (the predictor's random 2048 chunks, eval path) against labels.
 
@@ -392,15 +392,17 @@ def evaluate_scans(model: CloseNet, scans: Sequence[Scan], max_points: int = 0,
     random subset keeps the chunks' density, so the estimate is unbiased). ``garments``:
     ``scan`` uses the classes present in the labels, ``all`` sets all 18. ``restrict``
     labels every point with a listed class, as Segment in Blender does. ``passes``
-    random chunkings are averaged per scan (the summary records the count).
+    random chunkings are averaged per scan (the summary records the count). With
+    ``fallback`` (a gated version's starting weights) each scan is labelled as
+    :class:`~inference.predictor.GatedPredictor` labels it.
     """
-    from inference.predictor import Predictor
+    from inference.predictor import predictor_for
 
     was_training = model.training
     model.eval()
     try:
-        predictor = Predictor(model, device="cpu")
-        cms = []
+        predictor = predictor_for(model, fallback, device="cpu")
+        cms, tuned = [], 0
         for i, scan in enumerate(scans):
             if cancelled is not None and cancelled():
                 raise Cancelled()
@@ -413,9 +415,13 @@ def evaluate_scans(model: CloseNet, scans: Sequence[Scan], max_points: int = 0,
                                      scan.canon[idx], g, passes=passes, seed=seed + i,
                                      restrict=restrict)
             cms.append(confusion(pred.labels, scan.labels[idx]))
+            tuned += pred.source == "tuned"
     finally:
         model.train(was_training)
-    return {**summarize_confusions(cms), "passes": int(passes)}
+    summary = {**summarize_confusions(cms), "passes": int(passes)}
+    if fallback is not None:
+        summary["scans_to_tuned"] = tuned  # how many scans the gate gave the tuned weights
+    return summary
 
 
 # ---------------------------------------------------------------- training

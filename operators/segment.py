@@ -132,6 +132,7 @@ def write_segmentation(obj: bpy.types.Object, scan: ScanInput, fields: dict,
     result.checkpoint_sha256 = str(checkpoint.get("sha256") or "")
     result.garments = ",".join(fields.get("garments", []))
     result.body_fit = str((fields.get("fit") or {}).get("message", ""))
+    result.gate = str(fields.get("gate") or "")
     result.color_source = scan.color_source
 
 
@@ -147,7 +148,12 @@ def show_label_colors(context: bpy.types.Context) -> None:
 
 def summary(obj: bpy.types.Object) -> str:
     rows = sorted(obj.close_blender.stats, key=lambda r: -r.count)
-    return f"{obj.name}: " + ", ".join(f"{DISPLAY_NAMES[r.index]} {r.count:,}" for r in rows[:6])
+    text = f"{obj.name}: " + ", ".join(f"{DISPLAY_NAMES[r.index]} {r.count:,}" for r in rows[:6])
+    gate = obj.close_blender.gate
+    if gate:  # a gated fine-tuned version: say which of its weights labelled the scan
+        text += (" (the version's tuned weights)" if gate == "tuned"
+                 else " (the weights the version started from: surer on this scan)")
+    return text
 
 
 class _ScanJobOptions:

@@ -162,7 +162,8 @@ class CLOSE_PT_corrections(SubPanel, bpy.types.Panel):
                 row.label(text=f"{info.path.name}: {info.problem}", icon="ERROR")
                 continue
             icon = "RADIOBUT_ON" if is_active else "RADIOBUT_OFF"
-            row.label(text=info.name + (" (flagged)" if info.flagged else ""), icon=icon)
+            tags = [tag for tag, on in (("gated", info.gated), ("flagged", info.flagged)) if on]
+            row.label(text=info.name + "".join(f" ({t})" for t in tags), icon=icon)
             if not is_active:
                 op = row.operator("close.activate_version", text="", icon="CHECKMARK")
                 op.path = str(info.path)

@@ -102,6 +102,10 @@ class CloseObjectResult(bpy.types.PropertyGroup):
                                       description="SHA-256 of the checkpoint's weights")
     garments: StringProperty(name="Garments", description="Classes the network could choose from")
     body_fit: StringProperty(name="Body Fit", description="Quality of the automatic body fit")
+    gate: StringProperty(
+        name="Gated Version",
+        description="With a gated fine-tuned version: which of its weights labelled this scan "
+                    "(tuned, or fallback: the weights it started from, surer on this scan)")
     color_source: StringProperty(name="Colour Source",
                                  description="Where the scan colours given to the network came from")
 

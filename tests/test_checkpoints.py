@@ -263,3 +263,39 @@ def test_config_from_published_yaml(closenet_reference):
     with pytest.raises(CheckpointError):
         CloseNetConfig.from_model_arch({"pc_enc": {}}, 18)
     np.testing.assert_equal(cfg.n_classes, 18)
+
+
+def test_gated_version_stores_only_the_changed_fallback_tensors(tmp_path, published):
+    import copy
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from inference.checkpoints import FALLBACK_PREFIX
+
+    tuned = copy.deepcopy(published.model)
+    with torch.no_grad():
+        tuned.decoder.layers[-1].bn.bias.add_(0.5)
+    path = tmp_path / "gated.safetensors"
+    save_native(path, tuned, published.config, {}, fallback=published.model)
+    with safe_open(str(path), framework="pt") as fh:
+        stored = [k for k in fh.keys() if k.startswith(FALLBACK_PREFIX)]  # noqa: SIM118
+    assert len(stored) == 1 and stored[0].endswith(".bn.bias")  # the one tensor changed
+    back = load_checkpoint(path)
+    assert back.meta["format_version"] == 2 and back.fallback is not None
+    for key, value in published.model.state_dict().items():
+        assert torch.equal(back.fallback.state_dict()[key], value), key
+        assert torch.equal(back.model.state_dict()[key], tuned.state_dict()[key]), key
+    plain = tmp_path / "plain.safetensors"
+    save_native(plain, tuned, published.config, {}, fallback=tuned)  # nothing differs
+    assert load_checkpoint(plain).fallback is None
+    assert load_checkpoint(plain).meta["format_version"] == 1
+    # a fallback tensor for a weight the network does not have: refused clearly
+    with safe_open(str(path), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        header = fh.metadata()
+    tensors[FALLBACK_PREFIX + "no.such.weight"] = torch.zeros(1)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=header)
+    with pytest.raises(CheckpointError, match="unknown weights"):
+        load_checkpoint(bad)

@@ -109,11 +109,30 @@ def test_versions_never_overwrite_and_replay_earlier_corrections(parent, dirs):
     assert m3["finetune"]["timing"]["replay_before_cached"]
     assert (m3["provenance"]["metrics"]["before"]["replay"]
             == m1["provenance"]["metrics"]["after"]["replay"])
-    # ... and it is what scoring v1 again gives (scoring is deterministic)
-    rescored = evaluate_scans(load_checkpoint(v1.path).model, replay_scans(dirs["replay"])[1::2],
-                              FAST["eval_max_points"])
+    # ... and it is what scoring v1 again, gated as it predicts, gives (deterministic)
+    c1 = load_checkpoint(v1.path)
+    rescored = evaluate_scans(c1.model, replay_scans(dirs["replay"])[1::2],
+                              FAST["eval_max_points"], fallback=c1.fallback)
     assert json.loads(json.dumps(_short(rescored))) == m1["provenance"]["metrics"]["after"]["replay"]
     assert next_version_path(dirs["out"], "other").name == "other-v001.safetensors"
+
+
+def test_gated_versions_keep_the_weights_before_the_first_gated_round(parent, dirs):
+    from close_blender.model_versions import version_info
+
+    base = load_checkpoint(parent)
+    v1 = load_checkpoint(run_ft(parent, dirs).path)
+    assert v1.meta["finetune"]["gated"] and v1.fallback is not None
+    assert version_info(v1.path).gated  # the torch-free versions list says so
+    assert "scans_to_tuned" in v1.meta["provenance"]["metrics"]["after"]["replay"]
+    save_npz_atomic(dirs["corr"] / "c2.npz", fake_scan(11))
+    v2 = load_checkpoint(run_ft(v1.path, dirs, held=False).path)
+    ref = base.model.state_dict()
+    for model in (v1.fallback, v2.fallback):  # v2 falls back to the base, not to v1
+        assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    plain = load_checkpoint(run_ft(v1.path, dirs, held=False, name="plain",
+                                   cfg={"gate": False}).path)
+    assert plain.fallback is None and not plain.meta["finetune"]["gated"]
 
 
 def test_all_head_and_input_layer_choices(parent, dirs):

@@ -265,3 +265,32 @@ def test_device_choice():
         assert configure_threads(1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_gated_predictor_takes_the_more_confident_weights(ckpt):
+    """A gated version labels each scan with whichever of its two weight sets is surer."""
+    import copy
+
+    from inference.predictor import GatedPredictor, predictor_for
+
+    sharp = copy.deepcopy(ckpt.model)
+    with torch.no_grad():  # the logits' BatchNorm x 3: the same labels, surer
+        sharp.decoder.layers[-1].bn.weight.mul_(3.0)
+        sharp.decoder.layers[-1].bn.bias.mul_(3.0)
+    scan = make_scan(400)
+    args = (scan["points"], scan["colors"], scan["normals"], scan["canon_pose"], scan["garments"])
+    opts = {"device": "cpu", "chunk_size": 128}
+    alone = Predictor(sharp, **opts).predict(*args, seed=3, restrict=True)
+    assert isinstance(predictor_for(ckpt.model, None, **opts), Predictor)
+    steps = []
+    gated = predictor_for(sharp, ckpt.model, **opts)
+    assert isinstance(gated, GatedPredictor)
+    pred = gated.predict(*args, seed=3, restrict=True, progress=lambda f, s: steps.append(f))
+    assert pred.source == "tuned"
+    np.testing.assert_array_equal(pred.probabilities, alone.probabilities)
+    np.testing.assert_array_equal(pred.labels, alone.labels)
+    assert steps[-1] == pytest.approx(1.0) and max(steps[: len(steps) // 2]) <= 0.5
+    other = GatedPredictor(ckpt.model, sharp, **opts).predict(*args, seed=3, restrict=True)
+    assert other.source == "fallback"
+    np.testing.assert_array_equal(other.probabilities, alone.probabilities)
+    assert Predictor(sharp, **opts).predict(*args, seed=3).source == ""

@@ -521,7 +521,7 @@ class _FakePredictor:
 
 class _FakePrediction(types.SimpleNamespace):
     def __init__(self, labels, confidence):
-        super().__init__(labels=labels, confidence=confidence)
+        super().__init__(labels=labels, confidence=confidence, source="")
 
     def restricted(self, garments):  # the labels above already keep to the garments
         assert np.asarray(garments)[self.labels].all()
@@ -550,9 +550,10 @@ def _fake_model_modules(monkeypatch, tmp_path, network: bool = True):
     checkpoints = types.ModuleType("inference.checkpoints")
     checkpoints.resolve_checkpoint = resolve_checkpoint
     checkpoints.load_checkpoint = lambda spec: types.SimpleNamespace(
-        model=None, path=Path(spec), sha256="abc")
+        model=None, fallback=None, path=Path(spec), sha256="abc")
     predictor = types.ModuleType("inference.predictor")
     predictor.Predictor = _FakePredictor
+    predictor.predictor_for = lambda model, fallback=None, **kw: _FakePredictor(model, **kw)
     prepare = types.ModuleType("inference.body.prepare")
     prepare.prepare_arrays = prepare_arrays
     if network:
@@ -575,6 +576,7 @@ def test_segment_auto_garments_with_stand_in_models(monkeypatch, tmp_path):
     fields, out = segment({"checkpoint": str(ckpt), "device": "cpu"}, arrays, ctx)
     assert len(_FakePredictor.calls) == 2 and _FakePredictor.calls[0].all()
     assert _FakePredictor.passes == [1, 2] and fields["passes"] == 2  # detect in one pass
+    assert fields["gate"] is None  # not a gated version
     assert fields["garments"] == ["Body", "TShirt"]  # Hat (0.5 %) dropped by the 1 % rule
     assert fields["auto"]["first_garments"] == list(CLASS_NAMES)
     assert out["labels"].dtype == np.int64 and out["labels"].shape == (n,)

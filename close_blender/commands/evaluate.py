@@ -34,14 +34,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, paths: list) -> int:
     from inference.checkpoints import load_checkpoint
-    from inference.predictor import Predictor
+    from inference.predictor import predictor_for
 
     from ..labels import CLASS_NAMES
     from ..metrics import aggregate, scan_metrics
     from ..scan_io import LABELLED_KEYS, load_scan
 
     ckpt = load_checkpoint(args.checkpoint)
-    predictor = Predictor(ckpt.model, device=args.device, chunk_size=args.chunk_size)
+    predictor = predictor_for(ckpt.model, ckpt.fallback, device=args.device,
+                              chunk_size=args.chunk_size)
     results = []
     for path in paths:
         scan = load_scan(path, require=LABELLED_KEYS)

@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flag-threshold", type=float,
                         help="largest allowed drop of replay strict mIoU (default 0.01)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--no-gate", dest="gate", action="store_false",
+                        help="a plain version: no starting weights kept beside the tuned "
+                             "ones (default: gated, each scan labelled by the surer of the two)")
     parser.add_argument("--no-activate", action="store_true",
                         help="do not make the new version active")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from inference.finetune import FinetuneConfig, finetune
     from inference.training import TextBar
 
-    cfg = FinetuneConfig()
+    cfg = FinetuneConfig(gate=args.gate)
     for key in ("layers", "steps", "lr", "changed_weight", "distill", "flag_threshold", "seed"):
         value = getattr(args, key)
         if value is not None:
