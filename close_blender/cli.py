@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from . import __version__, commands
 from .errors import Cancelled, CloseError
+from .memory import keep_freed_memory
 
 
 def _command_modules() -> list:
@@ -47,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    keep_freed_memory()  # the commands run torch in this process (close_blender/memory.py)
     try:
         return int(args._run(args) or 0)
     except CloseError as exc:

@@ -25,6 +25,7 @@ import traceback
 from typing import BinaryIO
 
 from close_blender.errors import Cancelled, CloseError
+from close_blender.memory import keep_freed_memory
 from close_blender.worker_protocol import (
     CANCEL,
     CANCELLED,
@@ -192,6 +193,7 @@ def main() -> int:
     # Ctrl+C in the terminal that runs Blender reaches this process too; Blender decides
     # what to do, and when it quits our stdin closes, which ends the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_freed_memory()  # before torch allocates anything (close_blender/memory.py)
     inp, out = _take_std_streams()
     code = Worker(inp, out).serve()
     # os._exit: the reader thread may still sit in a blocking read of stdin, which
