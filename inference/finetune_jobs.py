@@ -64,7 +64,8 @@ def finetune_config(options: dict[str, Any]):
         raise CloseError(f"unknown fine-tune options: {', '.join(unknown)}",
                          f"use some of: {', '.join(sorted(known))}")
     for key in known & set(options):
-        setattr(cfg, key, type(getattr(cfg, key))(options[key]))
+        default = getattr(cfg, key)  # None: an automatic choice, else the field's type
+        setattr(cfg, key, options[key] if default is None else type(default)(options[key]))
     if options.get("epochs"):  # passes over the new corrections, as the panel calls them
         cfg.new_passes = int(options["epochs"])
     return cfg

@@ -220,6 +220,7 @@ class CLOSE_OT_finetune(WorkerJobOperator, bpy.types.Operator):
             return False
         if self.epochs:
             options["epochs"] = self.epochs
+        options.setdefault("layers", context.scene.close_blender.finetune_layers)
         if self.hold_out:
             options["holdout"] = self.hold_out
         params = {"checkpoint": current_checkpoint(context, self.checkpoint),

@@ -137,6 +137,7 @@ class CLOSE_PT_corrections(SubPanel, bpy.types.Panel):
         sub = row.row(align=True)
         sub.enabled = usable > 0
         sub.operator("close.finetune", icon="PLAY")
+        sub.prop(context.scene.close_blender, "finetune_layers", text="")
 
         versions = cached_versions(folder)
         active = cached_active(folder)

@@ -52,6 +52,19 @@ class CloseSceneSettings(bpy.types.PropertyGroup):
                     "labels at proportionally more time (1 is twice as fast as the default 2)",
         default=PASSES, min=1, max=16,
     )
+    finetune_layers: EnumProperty(
+        name="Learn",
+        description="What a fine-tuning round changes in the model",
+        items=(
+            ("colour", "Colour Look",
+             "A colour mix in front of the network: for a scanner's or pipeline's colours "
+             "(the measured default; docs/training.md)"),
+            ("head", "Garment Head",
+             "The last decoder layers: for garments the model confuses"),
+            ("colour+head", "Both", "The colour mix and the last decoder layers"),
+        ),
+        default="colour",
+    )
     body_source: EnumProperty(
         name="Body",
         description="The body model fitted to the scan, whose rest pose gives the network's body input",

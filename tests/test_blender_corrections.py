@@ -185,6 +185,7 @@ def test_finetune_activate_flag_and_rollback(clean_scene, blender_ext, data, syn
     (v1,) = mv.list_versions(mv.models_dir(data))
     assert v1.ok and not v1.flagged and v1.metrics_before and v1.metrics_after
     assert v1.metrics_after["replay"]["n_scans"] == 1
+    assert v1.meta["finetune"]["config"]["layers"] == "colour"  # the panel's Learn default
     assert mv.active_checkpoint(data) == str(v1.path.resolve())  # activated on its own
     assert ops.current_checkpoint(bpy.context) == str(v1.path.resolve())
     assert [line.split(":")[0] for line in blender_ext.panels.corrections.metric_lines(v1)] \
@@ -197,12 +198,14 @@ def test_finetune_activate_flag_and_rollback(clean_scene, blender_ext, data, syn
     # flagged and not activated; it starts from the active version.
     _pure_correction(data, 12, "second")
     third = _pure_correction(data, 13, "third")
+    bpy.context.scene.close_blender.finetune_layers = "head"
     assert bpy.ops.close.finetune(hold_out=1, options=json.dumps(
         {**TINY, "replay": str(replay), "flag_threshold": -1.0})) == {"FINISHED"}
     versions = mv.list_versions(mv.models_dir(data))
     assert len(versions) == 2
     v2 = versions[1]
     assert v2.flagged and "replay" in v2.flag_reason and v2.parent_sha256 == v1.sha256
+    assert v2.meta["finetune"]["config"]["layers"] == "head"
     # The newest correction was held out: scored before and after, not trained on.
     assert v2.data["heldout"] == [third.name]
     assert third.name not in [c["file"] for c in v2.data["corrections"]]

@@ -16,6 +16,7 @@ from close_blender.fileio import save_npz_atomic
 from inference.checkpoints import load_checkpoint, save_native
 from inference.closenet import CloseNet
 from inference.finetune import (
+    ColourMix,
     FinetuneConfig,
     _short,
     correction_from_arrays,
@@ -64,7 +65,7 @@ def run_ft(parent, d, held=True, **kw):
 def test_version_metadata_and_frozen_layers(parent, dirs):
     from close_blender.model_versions import version_info
 
-    res = run_ft(parent, dirs)
+    res = run_ft(parent, dirs, cfg={"layers": "head"})
     assert res.path.name == "finetuned-v001.safetensors"
     base = load_checkpoint(parent)
     new = load_checkpoint(res.path)
@@ -86,6 +87,33 @@ def test_version_metadata_and_frozen_layers(parent, dirs):
     changed = {k for k in a if not torch.equal(a[k], b[k])}
     assert changed and all(k.startswith("decoder.") for k in changed)
     assert not any("running_" in k for k in changed)
+
+
+def test_colour_mix_folds_into_the_first_layer_exactly():
+    torch.manual_seed(1)
+    model = CloseNet(TINY).eval()
+    mix = ColourMix(model)
+    with torch.no_grad():
+        mix.matrix.copy_(torch.tensor([[0.1, 0.2, 0.9], [0.0, 1.1, 0.1], [0.8, -0.1, 0.2]]))
+        mix.offset.copy_(torch.tensor([0.05, -0.1, 0.2]))
+    p = torch.rand(2, 200, 9)
+    c, g = torch.rand(2, 200, 3), torch.ones(2, TINY.n_garments)
+    with torch.inference_mode():
+        mixed = model(p, c, g)
+        mix.fold()  # the hook is gone; the same function is now in the weights
+        folded = model(p, c, g)
+    assert torch.allclose(mixed, folded, atol=1e-5)
+
+
+def test_default_colour_round_changes_only_the_first_layer(parent, dirs):
+    res = run_ft(parent, dirs)  # layers "colour" (the default), gated
+    base, new = load_checkpoint(parent), load_checkpoint(res.path)
+    a, b = base.model.state_dict(), new.model.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    first = "point_encoder.edge_convs.0.layers.0."
+    assert changed == {first + "conv.weight", first + "bn.running_mean"}
+    assert new.fallback is not None  # the gate keeps the original look
+    assert new.meta["finetune"]["config"]["train_on_replay"] is False
 
 
 def test_versions_never_overwrite_and_replay_earlier_corrections(parent, dirs):
@@ -202,6 +230,12 @@ def test_cancel_and_bad_input(parent, dirs, tmp_path, capsys):
                      "--out", str(dirs["out"])]) == 2
     assert cli_main(["finetune", "--checkpoint", str(tmp_path / "none.pth"), "--corrections",
                      str(dirs["corr"]), "--out", str(dirs["out"])]) == 2
+    capsys.readouterr()
+    assert cli_main(["finetune", "--checkpoint", str(parent), "--corrections", str(dirs["corr"]),
+                     "--out", str(dirs["out"]), "--replay", str(dirs["replay"]),
+                     "--layers", "colour+heads"]) == 2
+    assert "unknown layer choice" in capsys.readouterr().err
+    assert not list(dirs["out"].glob("*.safetensors"))
 
 
 def test_reference_recipe_trains_its_layers(parent):

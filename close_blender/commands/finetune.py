@@ -29,11 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out corrected scans, scored before and after")
     parser.add_argument("--replay", help="folder of the fixed replay set "
                                          "(default OUT/replay, made once)")
-    parser.add_argument("--layers", choices=("decoder", "head", "all", "input"),
-                        help="which layers train (default: FinetuneConfig's, head; input: "
-                             "the first layer only, for a studio's colour look; see "
-                             "docs/training.md)")
-    parser.add_argument("--steps", type=int, help="optimizer steps (default 60)")
+    parser.add_argument("--layers", help="what trains (default: FinetuneConfig's, colour: a "
+                                         "colour mix for a studio's look; head: the last "
+                                         "decoder layers; decoder, all, input, or two joined "
+                                         "by '+'; see docs/training.md)")
+    parser.add_argument("--steps", type=int, help="optimizer steps (default 40)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default 3e-4)")
     parser.add_argument("--changed-weight", type=float, help="loss weight of changed "
                                                              "vertices (default 3)")
