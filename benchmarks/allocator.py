@@ -72,8 +72,6 @@ def child(keep: bool, points: int, steps: int, fit: bool) -> dict:
         loss.backward()
         opt.step()
     out["finetune_steps"] = _since(start)
-    for q in model.parameters():
-        q.requires_grad_(True)
 
     predictor = Predictor(model, device="cpu")
     start = _usage()

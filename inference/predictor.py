@@ -282,10 +282,10 @@ class GatedPredictor:
                 lambda f, s, k=k: progress((k + f) / 2, s))
             results.append(predictor.predict(points, colors, normals, canon, garments,
                                              progress=part, **options))
-        scores = [float(r.restricted(garments)[0].confidence.mean()) for r in results]
-        pick = 0 if scores[0] > scores[1] else 1
-        chosen = replace(results[pick], source=("tuned", "fallback")[pick])
-        return chosen.restricted(garments)[0] if restrict else chosen
+        limited = [r.restricted(garments)[0] for r in results]
+        pick = 0 if limited[0].confidence.mean() > limited[1].confidence.mean() else 1
+        return replace((limited if restrict else results)[pick],
+                       source=("tuned", "fallback")[pick])
 
 
 def predictor_for(model: CloseNet, fallback: CloseNet | None = None,
