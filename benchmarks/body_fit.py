@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the error of the same assignment against the true body")
     ap.add_argument("--save-fits", type=Path, default=None,
                     help="write each fit (vertices in the scan frame, parameters, quality) here")
+    ap.add_argument("--no-colors", action="store_true",
+                    help="fit without the scan colours (no skin cue)")
     ap.add_argument("--yup-only", action="store_true", help="no z-up / unit conversions")
     args = ap.parse_args(argv)
     if args.smooth_normals is None:
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     all_err, all_floor, all_raw = [], [], []
     parts, labels, loose, scan_ids = [], [], [], []
+    skin_pr: list[tuple[float, float]] = []
     for i in range(args.scans):
         scan = load_or_make(args.seed + i, args.points, args.cache)
         verts = scan["points"].astype(np.float64) * float(scan["scale"]) + scan["centers"]
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         if only is not None and i not in only:
             continue
         t0, c0 = time.perf_counter(), time.process_time()
-        fit = fit_anny(verts, scan["faces"], up="auto", seed=i)
+        fit = fit_anny(verts, scan["faces"], up="auto", seed=i,
+                       colors=None if args.no_colors else scan["colors"])
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         if args.save_fits is not None:
             np.savez(args.save_fits / f"fit_{args.seed}_{i}.npz", vertices=fit.vertices,
@@ -163,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             raw = canonical_coordinates(verts, fit, method=args.method)
             all_raw.append(np.linalg.norm(raw - scan["canon_pose"], axis=1))
         floor_txt = ""
+        if fit.skin is not None:
+            true_skin = scan["labels"] == CLASS_NAMES.index("Body")
+            hit = int((fit.skin & true_skin).sum())
+            skin_pr.append((hit / max(1, fit.skin.sum()), hit / max(1, true_skin.sum())))
+            floor_txt = f" | skin cue prec {skin_pr[-1][0]:.2f} rec {skin_pr[-1][1]:.2f}"
         if args.oracle:
             tv = true_body(scan)
             if zup:
@@ -173,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     normals=nrm, normal_weight=NORMAL_WEIGHT * unit)
                                 - scan["canon_pose"], axis=1)
             all_floor.append(fl)
-            floor_txt = (f" | true body mean {100 * fl.mean():5.2f} "
+            floor_txt += (f" | true body mean {100 * fl.mean():5.2f} "
                          f"p95 {100 * np.percentile(fl, 95):5.2f}")
         names = np.array(CLASS_NAMES, dtype=object)[scan["labels"]]
         parts.append(body_part(scan["canon_pose"]))
@@ -197,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         er = np.concatenate(all_raw)
         print(f"  same fits, nearest point only (--no-normals): mean {100 * er.mean():.2f} cm, "
               f"p95 {100 * np.percentile(er, 95):.2f} cm")
+    if skin_pr:
+        pr = np.array(skin_pr)
+        print(f"  skin from colours on {len(pr)} scans: precision mean {pr[:, 0].mean():.2f} "
+              f"(worst {pr[:, 0].min():.2f}), recall mean {pr[:, 1].mean():.2f}")
     if all_floor:
         fl = np.concatenate(all_floor)
         print(f"  true-body floor (same assignment) mean {100 * fl.mean():.2f} cm, "

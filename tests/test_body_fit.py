@@ -273,3 +273,20 @@ def test_verdict_notes_tied_fits_that_disagree_about_the_hands() -> None:
     assert ok and "hand" not in msg
     ok, msg = verdict({**good, "hand_disagreement_m": HAND_NOTE + 0.1})
     assert ok and "hand" in msg and "uncertain" in msg
+
+
+@pytest.mark.slow
+def test_colours_mark_skin_for_the_fit(target: dict) -> None:
+    """A face-coloured head and hands become the fit's skin points; a grey scan gets none."""
+    canon = target["canon"]
+    skin = (canon[:, 1] > 0.30) | (np.abs(canon[:, 0]) > 0.68)
+    colors = np.where(skin[:, None], [224, 172, 138], [60, 90, 150]).astype(np.uint8)
+    fit = fit_anny(target["vertices"], target["faces"], effort=0.2, colors=colors)
+    assert fit.skin is not None and fit.skin.shape == (len(canon),)
+    assert (fit.skin == skin).mean() > 0.95
+    assert fit.quality["skin_fraction"] == pytest.approx(fit.skin.mean())
+    grey = fit_anny(target["vertices"], target["faces"], effort=0.2,
+                    colors=np.full((len(canon), 3), 160, np.uint8))
+    assert grey.skin is None and "no skin cue" in grey.message
+    with pytest.raises(ScanError, match="colours"):
+        fit_anny(target["vertices"], target["faces"], colors=colors[:10])

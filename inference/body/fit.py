@@ -27,7 +27,8 @@ Pipeline (all in metres, in a *fit frame*: the body frame of
 The loss suits clothed scans: with ``s`` the signed distance of a correspondence
 along the surface normal, body vertices outside the scan surface and scan points
 inside the body cost ``W_OUT``, a body inside loose clothing only ``W_IN``;
-scan points flagged as skin pull both ways at full weight. Robust (Geman-McClure)
+scan points flagged as skin pull both ways at full weight (a ``skin_mask``, or
+from the scan's ``colors``: points of the face's tone, :mod:`inference.body.skin`). Robust (Geman-McClure)
 distances ignore far, unmatched parts (partial scans). Pose and shape priors keep
 the body human. Hands are seldom covered, so a hand inside the scan costs ``W_OUT``
 too, and forearms and hands may not sink more than ``SELF_SLACK`` into the body's
@@ -56,6 +57,7 @@ from close_blender.errors import Cancelled, ScanError
 
 from .anny_body import MEAN_PHENOTYPES, AnnyBody
 from .coords import vertex_normals_and_winding
+from .skin import face_vertex_mask, skin_from_colors
 
 Progress = Callable[[float, str], None] | None
 CancelCheck = Callable[[], bool] | None
@@ -108,6 +110,7 @@ class BodyFit:
     quality: dict = field(default_factory=dict)
     ok: bool = True
     message: str = ""
+    skin: np.ndarray | None = None  # (N,) bool: scan points the fit treated as skin
 
     def to_arrays(self, prefix: str = "body_") -> dict[str, np.ndarray]:
         """Flat arrays to store beside a scan (npz), enough to rebuild the posed body."""
@@ -542,8 +545,12 @@ def _arm_variants(body: AnnyBody) -> list[dict[str, list[float]]]:
 
 def fit_anny(vertices: Any, faces: Any = None, *, up: str = "auto", skin_mask: Any = None,
              progress: Progress = None, cancelled: CancelCheck = None, seed: int = 0,
-             normals: Any = None, effort: float = 1.0) -> BodyFit:
-    """Fit Anny to a scan given as vertices (N, 3) [+ faces]; see the module docstring."""
+             normals: Any = None, effort: float = 1.0, colors: Any = None) -> BodyFit:
+    """Fit Anny to a scan given as vertices (N, 3) [+ faces]; see the module docstring.
+
+    ``colors`` (N, 3), 0-255: without a ``skin_mask``, points of the face's colour
+    count as skin (:mod:`inference.body.skin`).
+    """
     import torch
 
     # small tensors: one thread is many times faster than several fighting over cores
@@ -551,13 +558,15 @@ def fit_anny(vertices: Any, faces: Any = None, *, up: str = "auto", skin_mask: A
     torch.set_num_threads(1)
     try:
         return _fit_anny(vertices, faces, up=up, skin_mask=skin_mask, progress=progress,
-                         cancelled=cancelled, seed=seed, normals=normals, effort=effort)
+                         cancelled=cancelled, seed=seed, normals=normals, effort=effort,
+                         colors=colors)
     finally:
         torch.set_num_threads(threads)
 
 
 def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: Progress,
-              cancelled: CancelCheck, seed: int, normals: Any, effort: float) -> BodyFit:
+              cancelled: CancelCheck, seed: int, normals: Any, effort: float,
+              colors: Any) -> BodyFit:
     import torch
 
     t0 = time.perf_counter()
@@ -578,6 +587,12 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
     skin = None if skin_mask is None else np.asarray(skin_mask, dtype=bool).reshape(-1)
     if skin is not None and skin.shape != (len(v),):
         raise ScanError(f"skin mask has {skin.shape[0]} entries for {len(v)} points")
+    cols = None
+    if skin is None and colors is not None:
+        cols = np.asarray(colors)
+        if cols.ndim != 2 or cols.shape[0] != len(v) or cols.shape[1] < 3:
+            raise ScanError(f"colours have shape {cols.shape}, expected ({len(v)}, 3)")
+        cols = np.nan_to_num(cols[:, :3].astype(np.float64)).clip(0.0, 255.0)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     report = progress or (lambda *_: None)
@@ -605,11 +620,12 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
 
     score_idx = np.sort(rng.choice(len(vs), min(len(vs), 2000), replace=False))
 
-    def fitter_for(rot: np.ndarray, unit: float) -> _Fitter:
+    def fitter_for(rot: np.ndarray, unit: float, skin_sub: np.ndarray | None = None) -> _Fitter:
         pts = unit * (vs - centre) @ rot.T
         nrm = None if ns is None else ns @ rot.T
         # the same points rank every start
-        ft = _Fitter(body, pts, nrm, skin_s, progress, cancelled, rng, score_idx)
+        ft = _Fitter(body, pts, nrm, skin_s if skin_sub is None else skin_sub, progress,
+                     cancelled, rng, score_idx)
         if pc_normals is not None:
             ft._pc_normals = pc_normals @ rot.T
         return ft
@@ -643,9 +659,21 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
     check = int(round(COARSE_CHECK * n_coarse))
     coarse_kw = {"sigma": 0.15, "w_in": 0.3, "sigma_s2b": 0.5, "lam": 0.05}
     runs = []
+    def skin_of(si: int, state: dict[str, Any]) -> tuple[np.ndarray | None, str]:
+        """Skin points from the colour of the face of a state's body."""
+        rot, unit, _note = starts[si]
+        with torch.no_grad():
+            face = fitter_for(rot, unit).posed(state)[0].numpy()[
+                face_vertex_mask(body.canonical_vertices)]
+        return skin_from_colors(cols, unit * (v - centre) @ rot.T, face)
+
     for rank, (_, si, state0) in enumerate(picks):
         rot, unit, _note = starts[si]
-        ft = fitter_for(rot, unit)
+        pick_skin = None
+        if cols is not None:  # this orientation's own rigid fit says where the face is
+            m, _ = skin_of(si, state0)
+            pick_skin = None if m is None else m[sub_idx]
+        ft = fitter_for(rot, unit, pick_skin)
         state = _select(state0, [0] * len(variants))
         for i, rots in enumerate(variants):
             if rots:
@@ -674,6 +702,10 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
         iters += ft.iterations
         work += ft.item_iterations
     cands.sort(key=lambda c: c[0])
+    skin_note = ""
+    if cols is not None:  # the best coarse fit's face gives the skin tone for the fine stage
+        skin, skin_note = skin_of(cands[0][1], cands[0][2])
+        skin_s = None if skin is None else skin[sub_idx]
 
     # ---- fine, from the FINE_STARTS best coarse results (one batch per orientation):
     # the coarse ranking is noisy, so the final loss decides
@@ -743,7 +775,9 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
     fit.quality["seconds"] = float(time.perf_counter() - t0)
     fit.quality["unit_m"] = float(unit)
     fit.quality["hand_disagreement_m"] = _hand_disagreement(finals, starts, centre)
-    fit.ok, fit.message = verdict(fit.quality, unit_note)
+    fit.skin = skin
+    fit.quality["skin_fraction"] = 0.0 if skin is None else float(skin.mean())
+    fit.ok, fit.message = verdict(fit.quality, "; ".join(x for x in (unit_note, skin_note) if x))
     report(1.0, "body fit: done")
     return fit
 

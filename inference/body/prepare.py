@@ -81,8 +81,9 @@ def prepare_arrays(vertices: Any, faces: Any = None, colors: Any = None, normals
     g = _garments(garments)
 
     if body == "anny":
+        # the colours say which points are skin (the face's tone), which places bare hands
         fit = fit_anny(v, f, up=up, progress=progress, cancelled=cancelled, seed=seed,
-                       normals=normals, effort=effort)
+                       normals=normals, effort=effort, colors=None if colors is None else c)
         rot_fit = fit.params["frame_rotation"]
         unit = float(fit.params["frame_unit"])
         up_row = rot_fit[1]
