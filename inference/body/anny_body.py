@@ -227,7 +227,7 @@ class AnnyBody(BodyModel):
         out = self.model(delta, phen)  # pose_parameterization "local-bone-world"
         glob = rotvec_to_matrix(pose[:, 0])  # (B, 3, 3) in the body frame
         g = glob @ m  # anny frame -> rotated body frame
-        verts = out["vertices"] @ g.transpose(-1, -2)
+        verts = self.place(out["vertices"] @ m.T, pose[:, 0], transl, scale)
         poses = out["bone_poses"]
         g4 = torch.zeros(poses.shape[0], 4, 4, device=self.device)
         g4[:, :3, :3] = g
@@ -235,17 +235,33 @@ class AnnyBody(BodyModel):
         poses = g4[:, None] @ poses
         if scale is not None:
             s = torch.as_tensor(scale, dtype=torch.float32, device=self.device).reshape(-1, 1, 1)
-            verts = verts * s
             poses = poses.clone()
             poses[..., :3, 3] = poses[..., :3, 3] * s
         if transl is not None:
             t = torch.as_tensor(transl, dtype=torch.float32, device=self.device).reshape(-1, 1, 3)
-            verts = verts + t
             poses = poses.clone()
             poses[..., :3, 3] = poses[..., :3, 3] + t
         rest = out["rest_vertices"] @ m.T
         return {"vertices": verts.expand(b, -1, -1), "rest_vertices": rest,
                 "bone_poses": poses}
+
+    def place(self, vertices: Any, global_orient: Any, transl: Any = None,
+              scale: Any = None) -> Any:
+        """Vertices (B, V, 3) posed with a zero global rotation, turned by ``global_orient``
+        (B, 3 rotation vectors), scaled and moved as :meth:`forward_full` does: a rigid
+        fit moves a fixed body with this alone, without re-running the model."""
+        import torch
+
+        glob = rotvec_to_matrix(torch.as_tensor(global_orient, dtype=torch.float32,
+                                                device=self.device).reshape(-1, 3))
+        verts = vertices @ glob.transpose(-1, -2)
+        if scale is not None:
+            verts = verts * torch.as_tensor(scale, dtype=torch.float32,
+                                            device=self.device).reshape(-1, 1, 1)
+        if transl is not None:
+            verts = verts + torch.as_tensor(transl, dtype=torch.float32,
+                                            device=self.device).reshape(-1, 1, 3)
+        return verts
 
     def forward(self, shape: Any = None, pose: Any = None, transl: Any = None,
                 scale: Any = None) -> Any:

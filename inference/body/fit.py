@@ -432,6 +432,12 @@ class _Fitter:
                     opt.state[p] = {k: v.clone() for k, v in moments[name].items()}
         base_lr = [g["lr"] for g in opt.param_groups]
         loss_items = None
+        fixed = None  # a rigid run moves one fixed body: the model runs once
+        if not bones and not shape:
+            with torch.no_grad():
+                pose0 = state["pose"].clone()
+                pose0[:, 0] = 0.0
+                fixed = self.body.forward(torch.sigmoid(state["phen"]), pose0)
         for it in range(start, stop):
             # cosine decay to LR_END of the start: Adam's unit-size steps on noisy
             # (resampled) gradients otherwise keep weakly held limbs wandering
@@ -448,9 +454,12 @@ class _Fitter:
             pose = state["pose"].clone()
             pose[:, idx] = pose_sel
             pose[:, 0] = state["glob"]
-            phen = torch.sigmoid(state["phen"])
-            verts = self.body.forward(phen, pose, state["transl"],
-                                      torch.exp(state["logscale"]))
+            if fixed is not None:
+                verts = self.body.place(fixed, state["glob"], state["transl"],
+                                        torch.exp(state["logscale"]))
+            else:
+                verts = self.body.forward(torch.sigmoid(state["phen"]), pose, state["transl"],
+                                          torch.exp(state["logscale"]))
             data = self.loss(verts, sub, sigma, w_in, sigma_s2b, lam, w_in_s2b)
             prior = 2e-3 * (pose_sel ** 2 * prior_w[None, :, None]).sum((1, 2)) if bones else 0
             z0 = torch.logit(torch.as_tensor(MEAN_PHENOTYPES))
