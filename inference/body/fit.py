@@ -657,12 +657,15 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
         scored.append((float(ft.score(state)[0]), si, state))
     scored.sort(key=lambda x: x[0])
 
-    # ---- coarse pose and shape: the two best orientations and the best one with another
-    # up axis (a coat's flared hem looks like shoulders to a rigid fit) x the arm starts
-    picks = scored[:2]
-    other_up = [c for c in scored if not np.allclose(starts[c[1]][0][1], starts[scored[0][1]][0][1])]
-    if other_up and other_up[0][1] not in {c[1] for c in picks}:
-        picks.append(other_up[0])
+    # ---- coarse pose and shape x the arm starts, from the best orientation, the best one
+    # facing the other way (a rigid body looks much the same from behind) and the best
+    # one with another up axis (a coat's flared hem looks like shoulders to a rigid fit)
+    up0, fwd0 = starts[scored[0][1]][0][1], starts[scored[0][1]][0][2]
+    flipped = [c for c in scored if np.allclose(starts[c[1]][0][1], up0)
+               and float(starts[c[1]][0][2] @ fwd0) < -0.5]
+    other_up = [c for c in scored if not np.allclose(starts[c[1]][0][1], up0)]
+    picks = [scored[0]] + flipped[:1] + other_up[:1]
+    picks += [c for c in scored if c[1] not in {p[1] for p in picks}][:max(0, 3 - len(picks))]
     variants = _arm_variants(body)
     n_coarse = max(20, int(80 * effort))
     check = int(round(COARSE_CHECK * n_coarse))
