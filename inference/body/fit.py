@@ -391,13 +391,18 @@ class _Fitter:
         self.normals = n * np.sign(np.einsum("ij,ij->i", n, nb[j]) + 1e-9)[:, None]
 
     def score(self, state: dict[str, Any]) -> Any:
-        """Sharp data loss (B,) on a fixed subset: ranks starts fairly."""
+        """Sharp data loss (B,) on a fixed subset: ranks starts fairly, so without the
+        skin points (each orientation finds its own, and more skin costs more)."""
         torch = self.torch
         if self.score_idx is None:
             self.score_idx = self.subset(2000)
-        with torch.no_grad():
-            return self.loss(self.posed(state), self.score_idx, sigma=0.1, w_in=0.3,
-                             lam=self.score_lam)
+        skin, self.skin = self.skin, None
+        try:
+            with torch.no_grad():
+                return self.loss(self.posed(state), self.score_idx, sigma=0.1, w_in=0.3,
+                                 lam=self.score_lam)
+        finally:
+            self.skin = skin
 
     def run(self, state: dict[str, Any], bones: tuple[str, ...], iters: int, n_points: int,
             lr: float, frac: tuple[float, float], stage: str, shape: bool = True,
