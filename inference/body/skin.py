@@ -12,8 +12,9 @@ get darker, so the tolerance does too. The cue is dropped, with a note, when the
 colour, or when nearly the whole scan would count as skin.
 
 Against the true skin labels of the synthetic benchmark (``benchmarks/body_fit.py``,
-seeds 1000-6000, 8 scans each: 46 of 48 scans got a cue): precision 0.92 (worst scan
-0.45: skin-coloured shoes or hair), recall 0.86 (darkest skin tones ~0.5).
+seeds 1000-6000, 8 scans each: 47 of 48 scans got a cue): precision 0.90 (worst scan
+0.23: a garment in the skin's tone; shoes and hair often), recall 0.86 (darkest skin
+tones ~0.5).
 """
 
 from __future__ import annotations
