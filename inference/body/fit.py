@@ -9,8 +9,12 @@ Pipeline (all in metres, in a *fit frame*: the body frame of
    anything else is rescaled to a 1.7 m person and flagged in the message.
 3. Orientation search: every plausible up axis (``up="auto"``: the large-extent
    axes, both signs) times four facings (both ways along the horizontal principal
-   axes) start a rigid + height fit; the two best starts and the best start with
-   another up axis (a coat's flared hem can pass for shoulders upside down) go on.
+   axes; the two the toes point to when the feet say) start a rigid + height fit
+   (one fixed body moved, the model runs once per start). The best start, the best
+   one facing the other way (a rigid body looks much the same from behind) and the
+   best one with another up axis (a coat's flared hem can pass for shoulders upside
+   down) go on. Scores that rank starts leave the skin points out: each orientation
+   finds its own.
 4. Pose and shape, coarse to fine on the reduced topology, from six arm starts
    (A-pose, T-pose, arms hanging straight, arms down with bent elbows, forearms
    folded across the belly, hands on the hips) in one batch
@@ -27,9 +31,9 @@ Pipeline (all in metres, in a *fit frame*: the body frame of
 The loss suits clothed scans: with ``s`` the signed distance of a correspondence
 along the surface normal, body vertices outside the scan surface and scan points
 inside the body cost ``W_OUT``, a body inside loose clothing only ``W_IN``;
-scan points flagged as skin pull both ways at full weight (a ``skin_mask``, or
-from the scan's ``colors``: points of the face's tone, :mod:`inference.body.skin`). Robust (Geman-McClure)
-distances ignore far, unmatched parts (partial scans). Pose and shape priors keep
+scan points flagged as skin pull both ways at full weight (a ``skin_mask``, or from
+the scan's ``colors``: points of the face's tone, :mod:`inference.body.skin`). Robust
+(Geman-McClure) distances ignore far, unmatched parts (partial scans). Pose and shape priors keep
 the body human. Hands are seldom covered, so a hand inside the scan costs ``W_OUT``
 too, and forearms and hands may not sink more than ``SELF_SLACK`` into the body's
 own trunk or legs (``W_SELF``): without these, loose trousers or a coat's front
@@ -675,7 +679,7 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
     n_coarse = max(20, int(80 * effort))
     check = int(round(COARSE_CHECK * n_coarse))
     coarse_kw = {"sigma": 0.15, "w_in": 0.3, "sigma_s2b": 0.5, "lam": 0.05}
-    runs = []
+
     def skin_of(si: int, state: dict[str, Any]) -> tuple[np.ndarray | None, str]:
         """Skin points from the colour of the face of a state's body."""
         rot, unit, _note = starts[si]
@@ -684,6 +688,7 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
                 face_vertex_mask(body.canonical_vertices)]
         return skin_from_colors(cols, unit * (v - centre) @ rot.T, face)
 
+    runs = []
     for rank, (_, si, state0) in enumerate(picks):
         rot, unit, _note = starts[si]
         pick_skin = None

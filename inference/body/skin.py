@@ -5,9 +5,9 @@ visible hands and forearms; without it a hand beside loose trousers may settle o
 trousers. Nobody labels skin on a fresh scan, but nearly every scan shows a face:
 the body fit says where the face is (each orientation's rigid fit for the coarse
 stage, the best coarse fit for the fine stage), the median colour there is the
-person's skin tone, and points of that chromaticity (any
-brightness within a shading range) count as skin. Chromaticity noise grows as colours
-get darker, so the tolerance does too. The cue is dropped, with a note, when the
+person's skin tone, and points of that chromaticity (any brightness within a shading
+range) count as skin. Chromaticity noise grows as colours get darker, so the
+tolerance does too. The cue is dropped, with a note, when the
 "face" is not skin-like (grey: an untextured scan; a mask or a visor), is not one
 colour, or when nearly the whole scan would count as skin.
 
