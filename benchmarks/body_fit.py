@@ -166,12 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         if nrm is not None:  # the same fit with the plain nearest-point lookup, for comparison
             raw = canonical_coordinates(verts, fit, method=args.method)
             all_raw.append(np.linalg.norm(raw - scan["canon_pose"], axis=1))
-        floor_txt = ""
+        extra_txt = ""
         if fit.skin is not None:
             true_skin = scan["labels"] == CLASS_NAMES.index("Body")
             hit = int((fit.skin & true_skin).sum())
             skin_pr.append((hit / max(1, fit.skin.sum()), hit / max(1, true_skin.sum())))
-            floor_txt = f" | skin cue prec {skin_pr[-1][0]:.2f} rec {skin_pr[-1][1]:.2f}"
+            extra_txt = f" | skin cue prec {skin_pr[-1][0]:.2f} rec {skin_pr[-1][1]:.2f}"
         if args.oracle:
             tv = true_body(scan)
             if zup:
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     normals=nrm, normal_weight=NORMAL_WEIGHT * unit)
                                 - scan["canon_pose"], axis=1)
             all_floor.append(fl)
-            floor_txt += (f" | true body mean {100 * fl.mean():5.2f} "
+            extra_txt += (f" | true body mean {100 * fl.mean():5.2f} "
                          f"p95 {100 * np.percentile(fl, 95):5.2f}")
         names = np.array(CLASS_NAMES, dtype=object)[scan["labels"]]
         parts.append(body_part(scan["canon_pose"]))
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((float(err.mean()), float(np.percentile(err, 95)), seconds, cpu, fit.ok))
         print(f"scan {i}: {str(scan['pose_preset']):14s} {str(scan['outfit'])[:38]:38s} "
               f"{'z-up' if zup else 'y-up'} x{unit:<6g} canon err mean {100 * err.mean():5.2f} cm "
-              f"p95 {100 * np.percentile(err, 95):5.2f} cm{floor_txt}  {seconds:5.1f} s "
+              f"p95 {100 * np.percentile(err, 95):5.2f} cm{extra_txt}  {seconds:5.1f} s "
               f"(CPU {cpu:5.1f} s)  hands differ "
               f"{100 * fit.quality.get('hand_disagreement_m', 0.0):4.1f} cm  "
               f"{'ok' if fit.ok else 'FLAGGED'}: {fit.message}", flush=True)

@@ -296,7 +296,7 @@ class _Fitter:
 
     def loss(self, verts: Any, sub: np.ndarray, sigma: float = ROBUST_SIGMA,
              w_in: float = W_IN, sigma_s2b: float | None = None, lam: float = 0.0,
-             w_in_s2b: float | None = None) -> Any:
+             w_in_s2b: float | None = None, use_skin: bool = True) -> Any:
         """Per-batch-item data loss (B,) for posed body vertices (B, V, 3).
 
         With ``lam`` > 0 (and oriented scan normals) correspondences are nearest
@@ -311,7 +311,8 @@ class _Fitter:
         vb = verts.detach().cpu().numpy()
         pts = self.points[sub]
         pts_t = torch.as_tensor(pts, dtype=torch.float32)
-        skin = None if self.skin is None else torch.as_tensor(self.skin[sub], dtype=torch.float32)
+        skin = None if self.skin is None or not use_skin \
+            else torch.as_tensor(self.skin[sub], dtype=torch.float32)
         if self.normals is None:
             lam = 0.0
         scan_key = pts if lam == 0 else np.hstack([pts, lam * self.normals[sub]])
@@ -377,11 +378,7 @@ class _Fitter:
 
     def posed(self, state: dict[str, Any]) -> Any:
         """Posed vertices (B, V, 3) of a state, in the fit frame."""
-        torch = self.torch
-        pose = state["pose"].clone()
-        pose[:, 0] = state["glob"]
-        return self.body.forward(torch.sigmoid(state["phen"]), pose, state["transl"],
-                                 torch.exp(state["logscale"]))
+        return _posed(self.body, state)
 
     def orient_normals(self, state: dict[str, Any]) -> None:
         """Give the unoriented PCA normals of a point cloud the side of the nearest body normal."""
@@ -400,13 +397,9 @@ class _Fitter:
         torch = self.torch
         if self.score_idx is None:
             self.score_idx = self.subset(2000)
-        skin, self.skin = self.skin, None
-        try:
-            with torch.no_grad():
-                return self.loss(self.posed(state), self.score_idx, sigma=0.1, w_in=0.3,
-                                 lam=self.score_lam)
-        finally:
-            self.skin = skin
+        with torch.no_grad():
+            return self.loss(self.posed(state), self.score_idx, sigma=0.1, w_in=0.3,
+                             lam=self.score_lam, use_skin=False)
 
     def run(self, state: dict[str, Any], bones: tuple[str, ...], iters: int, n_points: int,
             lr: float, frac: tuple[float, float], stage: str, shape: bool = True,
@@ -486,6 +479,16 @@ class _Fitter:
             state["adam"] = {name: {k: v.detach().clone() for k, v in opt.state[p].items()}
                              for name, p in named.items() if opt.state.get(p)}
         return loss_items
+
+
+def _posed(body: AnnyBody, state: dict[str, Any]) -> Any:
+    """Posed vertices (B, V, 3) of a fit state, in the fit frame."""
+    import torch
+
+    pose = state["pose"].clone()
+    pose[:, 0] = state["glob"]
+    return body.forward(torch.sigmoid(state["phen"]), pose, state["transl"],
+                        torch.exp(state["logscale"]))
 
 
 def _new_state(body: AnnyBody, batch: int, transl: np.ndarray) -> dict[str, Any]:
@@ -684,8 +687,7 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
         """Skin points from the colour of the face of a state's body."""
         rot, unit, _note = starts[si]
         with torch.no_grad():
-            face = fitter_for(rot, unit).posed(state)[0].numpy()[
-                face_vertex_mask(body.canonical_vertices)]
+            face = _posed(body, state)[0].numpy()[face_vertex_mask(body.canonical_vertices)]
         return skin_from_colors(cols, unit * (v - centre) @ rot.T, face)
 
     runs = []
