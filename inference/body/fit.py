@@ -317,41 +317,43 @@ class _Fitter:
             lam = 0.0
         scan_key = pts if lam == 0 else np.hstack([pts, lam * self.normals[sub]])
         sub_tree = cKDTree(scan_key)
-        out = []
-        for b in range(verts.shape[0]):
+        n_b = verts.shape[0]
+        k = np.empty((n_b, verts.shape[1]), dtype=np.int64)  # body vertex -> scan point
+        j = np.empty((n_b, len(sub)), dtype=np.int64)  # scan point -> body vertex
+        for b in range(n_b):
             body_key = vb[b] if lam == 0 else np.hstack([vb[b], lam * nb_np[b]])
-            # body -> scan
-            _, k = sub_tree.query(body_key, k=1)
-            d = verts[b] - pts_t[k]
-            if self.normals is not None:
-                ns = torch.as_tensor(self.normals[sub][k], dtype=torch.float32)
-            else:  # point cloud: the scan normal takes the body's side
-                ns = torch.as_tensor(self._pc_normals[sub][k], dtype=torch.float32)
-                ns = ns * torch.sign((ns * nb[b]).sum(-1, keepdim=True) + 1e-9)
-            s = (d * ns).sum(-1)
-            sq = (d * d).sum(-1)
-            tight = W_OUT * _gm(sq.clamp(max=TIGHT * TIGHT), sigma)
-            w = torch.where((s > 0) | self.bare, W_OUT, w_in)
-            if skin is not None:
-                w = torch.where(skin[k] > 0, torch.full_like(w, W_SKIN), w)
-            l_b2s = torch.where(s > 0, w * _gm(sq, sigma), tight + w * _gm(sq, sigma)).mean()
-            # scan -> body
-            _, j = cKDTree(body_key).query(scan_key, k=1)
-            d2 = pts_t - verts[b][j]
-            s2 = (d2 * nb[b][j]).sum(-1)  # > 0: scan point outside the body (clothing)
-            sq2 = (d2 * d2).sum(-1)
-            sig2 = sigma_s2b or sigma
-            tight2 = W_OUT * _gm(sq2.clamp(max=TIGHT * TIGHT), sig2)
-            w2 = torch.where(s2 < 0, W_OUT, w_in if w_in_s2b is None else w_in_s2b)
-            if skin is not None:
-                w2 = torch.where(skin > 0, torch.full_like(w2, W_SKIN), w2)
-            l_s2b = torch.where(s2 < 0, w2 * _gm(sq2, sig2),
-                                tight2 + w2 * _gm(sq2, sig2)).mean()
-            out.append(l_b2s + l_s2b + W_SELF * self.self_penetration(verts[b], nb[b]))
-        return torch.stack(out)
+            k[b] = sub_tree.query(body_key, k=1)[1]
+            j[b] = cKDTree(body_key).query(scan_key, k=1)[1]
+        k_t, j_t = torch.as_tensor(k), torch.as_tensor(j)
+        rows = torch.arange(n_b)[:, None]
+        # body -> scan
+        d = verts - pts_t[k_t]
+        if self.normals is not None:
+            ns = torch.as_tensor(self.normals[sub], dtype=torch.float32)[k_t]
+        else:  # point cloud: the scan normal takes the body's side
+            ns = torch.as_tensor(self._pc_normals[sub], dtype=torch.float32)[k_t]
+            ns = ns * torch.sign((ns * nb).sum(-1, keepdim=True) + 1e-9)
+        s = (d * ns).sum(-1)
+        sq = (d * d).sum(-1)
+        tight = W_OUT * _gm(sq.clamp(max=TIGHT * TIGHT), sigma)
+        w = torch.where((s > 0) | self.bare, W_OUT, w_in)
+        if skin is not None:
+            w = torch.where(skin[k_t] > 0, torch.full_like(w, W_SKIN), w)
+        l_b2s = torch.where(s > 0, w * _gm(sq, sigma), tight + w * _gm(sq, sigma)).mean(1)
+        # scan -> body
+        d2 = pts_t - verts[rows, j_t]
+        s2 = (d2 * nb[rows, j_t]).sum(-1)  # > 0: scan point outside the body (clothing)
+        sq2 = (d2 * d2).sum(-1)
+        sig2 = sigma_s2b or sigma
+        tight2 = W_OUT * _gm(sq2.clamp(max=TIGHT * TIGHT), sig2)
+        w2 = torch.where(s2 < 0, W_OUT, w_in if w_in_s2b is None else w_in_s2b)
+        if skin is not None:
+            w2 = torch.where(skin > 0, torch.full_like(w2, W_SKIN), w2)
+        l_s2b = torch.where(s2 < 0, w2 * _gm(sq2, sig2), tight2 + w2 * _gm(sq2, sig2)).mean(1)
+        return l_b2s + l_s2b + W_SELF * self.self_penetration(verts, nb)
 
     def self_penetration(self, verts: Any, normals: Any) -> Any:
-        """Mean squared depth of forearm and hand vertices inside the trunk or legs.
+        """Mean squared depth (B,) of forearm and hand vertices inside the trunk or legs.
 
         A loose garment lets a limb hide inside the body's own clothing (a hand in the
         thigh of wide trousers, forearms in a coat's front) at almost no data cost;
@@ -360,14 +362,19 @@ class _Fitter:
         from scipy.spatial import cKDTree
 
         torch = self.torch
-        limb = verts[self.limb_idx]
-        trunk = verts[self.trunk_idx]
-        d, j = cKDTree(trunk.detach().cpu().numpy()).query(limb.detach().cpu().numpy(), k=1)
+        limb = verts[:, self.limb_idx]
+        trunk = verts[:, self.trunk_idx]
+        limb_np, trunk_np = limb.detach().cpu().numpy(), trunk.detach().cpu().numpy()
+        d = np.empty(limb.shape[:2])
+        j = np.empty(limb.shape[:2], dtype=np.int64)
+        for b in range(len(limb_np)):
+            d[b], j[b] = cKDTree(trunk_np[b]).query(limb_np[b], k=1)
         j = torch.as_tensor(j)
-        depth = -((limb - trunk[j]) * normals[self.trunk_idx][j]).sum(-1)
+        rows = torch.arange(len(limb_np))[:, None]
+        depth = -((limb - trunk[rows, j]) * normals[:, self.trunk_idx][rows, j]).sum(-1)
         near = torch.as_tensor(d < 0.1)
         return torch.where(near, torch.relu(depth - SELF_SLACK) ** 2,
-                           torch.zeros_like(depth)).mean()
+                           torch.zeros_like(depth)).mean(1)
 
     def hands(self, state: dict[str, Any]) -> np.ndarray:
         """(B, 2, 3) centroids of the left and right hand vertices, fit frame."""
