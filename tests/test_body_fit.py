@@ -181,14 +181,46 @@ def test_arm_starts_hang_and_bend() -> None:
     variants = _arm_variants(body)
     assert len(variants) == 6
     rest = body.posed_numpy()
-    hanging = body.posed_numpy(None, body.pose_from_rotations(variants[2]))
+    hanging = body.posed_numpy(None, body.pose_from_rotations(variants["hanging"]))
     assert hanging[hand, 1].mean() < rest[hand, 1].mean() - 0.1
     assert np.abs(hanging[hand, 0]).min() > 0.1  # beside the body, not in front of it
     # hands on the hips: elbows out, hands back in beside the waist
-    akimbo = body.posed_numpy(None, body.pose_from_rotations(variants[5]))
+    akimbo = body.posed_numpy(None, body.pose_from_rotations(variants["akimbo"]))
     elbow = (np.abs(cv[:, 0]) > 0.3) & (np.abs(cv[:, 0]) < 0.36)
     assert np.abs(akimbo[hand, 0]).mean() < np.abs(akimbo[elbow, 0]).mean() - 0.05
     assert np.abs(akimbo[hand, 1].mean() - rest[hand, 1].mean()) < 0.25
+
+
+def test_limb_restart_moves_a_misplaced_arm() -> None:
+    """A fitted body whose left arm settled far from the scan's gets it back from the
+    arm restarts, the rest of the body kept; a body already right is returned as is."""
+    from inference.body.fit import _arm_variants, _Fitter, _new_state, _reseed_limbs
+
+    body = AnnyBody("reduced")
+    true_pose = body.pose_from_rotations({**_arm_variants(body)["hanging"],
+                                          "upperleg01.R": [-0.3, 0, 0]})
+    scan = body.posed_numpy(None, true_pose).astype(np.float64)
+    ft = _Fitter(body, scan, mesh_normals(scan, body.faces), None, None, None,
+                 np.random.default_rng(0))
+    hand = (np.asarray(body.canonical_vertices)[:, 0] > 0.7)
+    state = _new_state(body, 1, np.zeros(3))
+    wrong = true_pose.clone()
+    wrong[0, body.bone_index("upperarm01.L")] = torch.tensor([0.0, 0.0, 0.9])  # arm raised
+    wrong[0, body.bone_index("lowerarm01.L")] = 0.0
+    state["pose"] = wrong
+    score = float(ft.score(state)[0])
+    new, new_score = _reseed_limbs(ft, state, score, 40, 30)
+    assert new_score < 0.8 * score
+    with torch.no_grad():
+        moved = ft.posed(new)[0].numpy()
+    assert np.linalg.norm(moved[hand].mean(0) - scan[hand].mean(0)) < 0.05
+    # the right body: no restart beats it by enough, nothing changes
+    right = _new_state(body, 1, np.zeros(3))
+    right["pose"] = true_pose.clone()
+    right_score = float(ft.score(right)[0])
+    same, same_score = _reseed_limbs(ft, right, right_score, 20, 10)
+    assert same_score <= right_score
+    assert torch.allclose(same["pose"], true_pose, atol=0.05)
 
 
 def test_normal_aware_lookup_takes_the_side_the_point_faces() -> None:

@@ -27,6 +27,14 @@ Pipeline (all in metres, in a *fit frame*: the body frame of
    right one), as do all but the ``COARSE_KEEP`` best; the fine stage does the same
    with ``FINE_CHECK`` / ``FINE_PRUNE_RATIO``.
    A kept start continues past the check with its Adam moments and learning-rate schedule.
+5. Limb restarts: every arm and leg of the winner starts again on its own (arms from
+   ``LIMB_ARM_STARTS``, legs standing, stepping forward or back) in one batch beside the
+   body as it is. The whole-body starts are symmetric, so one arm forward and the other
+   hanging is out of their reach, and a limb that settled in the wrong place (a hand
+   beside the thigh explained by the leg, a stride read front to back) does not move
+   across by gradient descent. Each restart moves only its own limb, so its score says
+   what that limb gains; limbs whose best restart scores below ``LIMB_GAIN`` times the
+   winner are combined and refined, and the result is kept when it beats the winner.
 
 The loss suits clothed scans: with ``s`` the signed distance of a correspondence
 along the surface normal, body vertices outside the scan surface and scan points
@@ -83,6 +91,8 @@ FINE_CHECK = 0.4  # fraction of the fine stage after which a clearly losing cand
 FINE_PRUNE_RATIO = 1.15  # ... when its score exceeds this multiple of the best one's
 HAND_TIE = 0.05  # final candidates within this fraction of the best score count as ties
 HAND_NOTE = 0.2  # metres: tied candidates whose hands are further apart get a note
+LIMB_GAIN = 0.99  # a limb restart is taken when it scores below this fraction of the fit
+LIMB_ARM_STARTS = ("a_pose", "hanging", "bent", "akimbo")  # arm starts each arm retries
 LR_END = 0.05    # each stage's learning rate decays (cosine) to this fraction
 
 COARSE_BONES = (
@@ -412,8 +422,12 @@ class _Fitter:
             lr: float, frac: tuple[float, float], stage: str, shape: bool = True,
             sigma: float = ROBUST_SIGMA, w_in: float = W_IN,
             sigma_s2b: float | None = None, lam: float = 0.0,
-            w_in_s2b: float | None = None, span: tuple[int, int] | None = None) -> Any:
+            w_in_s2b: float | None = None, span: tuple[int, int] | None = None,
+            pose_mask: Any = None) -> Any:
         """Adam on the state's tensors; returns the final per-item loss (B,).
+
+        ``pose_mask`` (B, len(bones)): only the bones it marks move, per row; the body's
+        placement, scale and shape stay as they are.
 
         ``span=(start, stop)`` runs only those iterations of the ``iters``-long schedule
         and keeps Adam's moments in ``state["adam"]``, so that a later call with the next
@@ -426,6 +440,11 @@ class _Fitter:
         named = {"glob": state["glob"], "transl": state["transl"], "logscale": state["logscale"]}
         groups = [{"params": [state["glob"], state["transl"]], "lr": lr},
                   {"params": [state["logscale"]], "lr": lr * 0.5}]
+        if pose_mask is not None:
+            groups, shape = [], False
+            named = {}
+            mask = torch.as_tensor(pose_mask, dtype=torch.float32)[:, :, None]
+            pose_sel.register_hook(lambda g: g * mask)
         if bones:
             groups.append({"params": [pose_sel], "lr": lr * 2})
             named["pose"] = pose_sel
@@ -546,7 +565,7 @@ def _arm_rotations(body: AnnyBody, side: str, upper: np.ndarray,
             f"lowerarm01.{side}": list(map(float, r_low))}
 
 
-def _arm_variants(body: AnnyBody) -> list[dict[str, list[float]]]:
+def _arm_variants(body: AnnyBody) -> dict[str, dict[str, list[float]]]:
     """Arm starts: rest A-pose, T-pose, arms hanging straight (a coat's sleeves hide
     them; a bent-elbow start would leave the hands inside the coat), arms down with
     bent elbows (hands in front of the body), forearms folded across the belly
@@ -568,7 +587,83 @@ def _arm_variants(body: AnnyBody) -> list[dict[str, list[float]]]:
         inward = np.array([-sign * 0.8, -0.55, 0.2])
         akimbo.update(_arm_rotations(body, side, _arm_direction(sign, -40.0, -20.0),
                                      inward / np.linalg.norm(inward)))
-    return [{}, {k: list(v) for k, v in t.items()}, hanging, bent, folded, akimbo]
+    return {"a_pose": {}, "t_pose": {k: list(v) for k, v in t.items()}, "hanging": hanging,
+            "bent": bent, "folded": folded, "akimbo": akimbo}
+
+
+def _limb_starts(body: AnnyBody) -> list[tuple[str, dict[str, list[float]]]]:
+    """(limb, rotations) pairs: the ``LIMB_ARM_STARTS`` for each arm on its own, and
+    standing, stepping forward and stepping back for each leg on its own. The other
+    bones of the limb's chain go back to rest."""
+    zero = [0.0, 0.0, 0.0]
+    arms = _arm_variants(body)
+    out = []
+    for name in LIMB_ARM_STARTS:
+        for side in ("L", "R"):
+            rots = {b: list(arms[name].get(b, zero)) for b in
+                    (f"upperarm01.{side}", f"lowerarm01.{side}")}
+            rots.update({f"{b}.{side}": zero for b in
+                         ("clavicle", "shoulder01", "lowerarm02", "wrist")})
+            out.append((f"arm {side}", rots))
+    for side in ("L", "R"):
+        for hip, knee in ((0.0, 0.0), (-0.35, 0.1), (0.3, 0.45)):
+            out.append((f"leg {side}", {f"upperleg01.{side}": [hip, 0.0, 0.0],
+                                        f"lowerleg01.{side}": [knee, 0.0, 0.0],
+                                        f"upperleg02.{side}": zero, f"foot.{side}": zero}))
+    return out
+
+
+def _reseed_limbs(ft: _Fitter, state: dict[str, Any], score: float, iters: int,
+                  refine_iters: int) -> tuple[dict[str, Any], float]:
+    """Try each limb of a fitted body (one row) from every limb start, the rest kept.
+
+    The symmetric whole-body starts cannot give one arm forward and the other hanging,
+    and a limb that settled in the wrong place (a hand beside the thigh explained by
+    the leg, a stride read front to back) stays there: gradient descent does not move
+    it across. Every restart moves only its own limb's bones, in one batch, so its
+    score against the unchanged body says what that limb alone gains and the gains of
+    different limbs add up. Each limb's best restart scoring below ``LIMB_GAIN`` times
+    the unchanged body is taken; the combination is refined (all bones) and kept when
+    it beats the original ``score``. Returns the state and its score.
+    """
+    torch = ft.torch
+    body = ft.body
+    limbs = _limb_starts(body)
+    batch = _select(state, [0] * len(limbs))
+    mask = np.zeros((len(limbs), len(FINE_BONES)))
+    with torch.no_grad():
+        for r, (limb, rots) in enumerate(limbs):
+            for name, rv in rots.items():
+                batch["pose"][r, body.bone_index(name)] = torch.as_tensor(rv)
+            mask[r] = [_in_limb(name, limb) for name in FINE_BONES]
+    ft.run(batch, FINE_BONES, iters, 2500, 0.01, (0.95, 0.98), "body fit: limbs",
+           sigma=0.08, w_in=0.15, pose_mask=mask)
+    sc = ft.score(batch).numpy()
+    base = float(ft.score(state)[0])
+    better: dict[str, int] = {}
+    for r, (limb, _rots) in enumerate(limbs):
+        if sc[r] < LIMB_GAIN * base and (limb not in better or sc[r] < sc[better[limb]]):
+            better[limb] = r
+    if not better:
+        return state, score
+    new = _select(state, [0])
+    with torch.no_grad():
+        for limb, r in better.items():
+            for name in FINE_BONES:
+                if _in_limb(name, limb):
+                    k = body.bone_index(name)
+                    new["pose"][0, k] = batch["pose"][r, k]
+    ft.run(new, FINE_BONES, refine_iters, 4000, 0.004, (0.98, 0.99), "body fit: limbs")
+    new_score = float(ft.score(new)[0])
+    return (new, new_score) if new_score < score else (state, score)
+
+
+def _in_limb(bone: str, limb: str) -> bool:
+    """Whether a bone belongs to a limb's chain (``limb`` like 'arm L', 'leg R')."""
+    kind, side = limb.split()
+    chain = {"arm": ("clavicle", "shoulder", "upperarm", "lowerarm", "wrist"),
+             "leg": ("upperleg", "lowerleg", "foot")}[kind]
+    return bone.startswith(chain) and bone.endswith(f".{side}")
 
 
 def fit_anny(vertices: Any, faces: Any = None, *, up: str = "auto", skin_mask: Any = None,
@@ -685,7 +780,7 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
     other_up = [c for c in scored if not np.allclose(starts[c[1]][0][1], up0)]
     picks = [scored[0]] + flipped[:1] + other_up[:1]
     picks += [c for c in scored if c[1] not in {p[1] for p in picks}][:max(0, 3 - len(picks))]
-    variants = _arm_variants(body)
+    variants = list(_arm_variants(body).values())
     n_coarse = max(20, int(80 * effort))
     check = int(round(COARSE_CHECK * n_coarse))
     coarse_kw = {"sigma": 0.15, "w_in": 0.3, "sigma_s2b": 0.5, "lam": 0.05}
@@ -779,11 +874,19 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
         iters += ft.iterations
         work += ft.item_iterations
     finals.sort(key=lambda c: c[0])
-    _, si, state, _hands = finals[0]
+    # ---- each limb again from every limb start, the rest of the best body kept
+    score0, si, state, _hands = finals[0]
     rot, unit, unit_note = starts[si]
+    ft = fitter_for(rot, unit)
+    state, score0 = _reseed_limbs(ft, state, score0, max(10, int(40 * effort)),
+                                  max(10, int(50 * effort)))
+    with torch.no_grad():
+        finals[0] = (score0, si, state, ft.hands(state)[0])
+    iters += ft.iterations
+    work += ft.item_iterations
 
     # ---- final body on the default topology, in the scan frame
-    report(0.95, "body fit: quality")
+    report(0.99, "body fit: quality")
     full = AnnyBody("default")
     params = {
         "phenotypes": torch.sigmoid(state["phen"]).detach().numpy()[0].astype(np.float32),
