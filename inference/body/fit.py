@@ -91,7 +91,7 @@ FINE_CHECK = 0.4  # fraction of the fine stage after which a clearly losing cand
 FINE_PRUNE_RATIO = 1.15  # ... when its score exceeds this multiple of the best one's
 HAND_TIE = 0.05  # final candidates within this fraction of the best score count as ties
 HAND_NOTE = 0.2  # metres: tied candidates whose hands are further apart get a note
-LIMB_GAIN = 0.99  # a limb restart is taken when it scores below this fraction of the fit
+LIMB_GAIN = 0.995  # a limb restart is taken when it scores below this fraction of the fit
 LIMB_ARM_STARTS = ("a_pose", "hanging", "bent", "akimbo")  # arm starts each arm retries
 LR_END = 0.05    # each stage's learning rate decays (cosine) to this fraction
 
