@@ -172,14 +172,15 @@ def test_self_penetration_of_a_hand_in_the_thigh() -> None:
 
 
 def test_arm_starts_hang_and_bend() -> None:
-    """The hanging start's hands are beside the thighs, well below the rest pose's."""
+    """The hanging start's hands are beside the thighs, well below the rest pose's; hands on
+    the hips come in beside the waist; raised hands are above the head."""
     from inference.body.fit import _arm_variants
 
     body = AnnyBody("reduced")
     cv = np.asarray(body.canonical_vertices)
     hand = np.abs(cv[:, 0]) > 0.7
     variants = _arm_variants(body)
-    assert len(variants) == 6
+    assert len(variants) == 7
     rest = body.posed_numpy()
     hanging = body.posed_numpy(None, body.pose_from_rotations(variants["hanging"]))
     assert hanging[hand, 1].mean() < rest[hand, 1].mean() - 0.1
@@ -189,6 +190,9 @@ def test_arm_starts_hang_and_bend() -> None:
     elbow = (np.abs(cv[:, 0]) > 0.3) & (np.abs(cv[:, 0]) < 0.36)
     assert np.abs(akimbo[hand, 0]).mean() < np.abs(akimbo[elbow, 0]).mean() - 0.05
     assert np.abs(akimbo[hand, 1].mean() - rest[hand, 1].mean()) < 0.25
+    # arms raised: the hands above the head
+    raised = body.posed_numpy(None, body.pose_from_rotations(variants["raised"]))
+    assert raised[hand, 1].min() > rest[:, 1].max()
 
 
 def test_limb_restart_moves_a_misplaced_arm() -> None:

@@ -15,9 +15,9 @@ Pipeline (all in metres, in a *fit frame*: the body frame of
    best one with another up axis (a coat's flared hem can pass for shoulders upside
    down) go on. Scores that rank starts leave the skin points out: each orientation
    finds its own.
-4. Pose and shape, coarse to fine on the reduced topology, from six arm starts
+4. Pose and shape, coarse to fine on the reduced topology, from seven arm starts
    (A-pose, T-pose, arms hanging straight, arms down with bent elbows, forearms
-   folded across the belly, hands on the hips) in one batch
+   folded across the belly, hands on the hips, arms raised) in one batch
    per orientation; the ``FINE_STARTS`` best continue with more bones and more scan
    points, and the lowest final loss wins. KD-tree (cKDTree) correspondences are
    refreshed every iteration; learning rates decay (cosine) within each stage.
@@ -92,7 +92,7 @@ FINE_PRUNE_RATIO = 1.15  # ... when its score exceeds this multiple of the best 
 HAND_TIE = 0.05  # final candidates within this fraction of the best score count as ties
 HAND_NOTE = 0.2  # metres: tied candidates whose hands are further apart get a note
 LIMB_GAIN = 0.995  # a limb restart is taken when it scores below this fraction of the fit
-LIMB_ARM_STARTS = ("a_pose", "hanging", "bent", "akimbo")  # arm starts each arm retries
+LIMB_ARM_STARTS = ("a_pose", "hanging", "bent", "akimbo", "raised")  # arm starts each arm retries
 LR_END = 0.05    # each stage's learning rate decays (cosine) to this fraction
 
 COARSE_BONES = (
@@ -571,13 +571,17 @@ def _arm_variants(body: AnnyBody) -> dict[str, dict[str, list[float]]]:
     bent elbows (hands in front of the body), forearms folded across the belly
     (crossed arms, hands on the belly: from elsewhere the forearms cannot get there
     without passing through the trunk), hands on the hips with the elbows out and back
-    (from the other starts the forearms end up hanging inside an open coat)."""
+    (from the other starts the forearms end up hanging inside an open coat), arms raised
+    above the shoulders (from the T-pose a raised arm in a dress settles hanging)."""
     t = body._tpose_rotations()
     hanging: dict[str, list[float]] = {}
     folded: dict[str, list[float]] = {}
     akimbo: dict[str, list[float]] = {}
     bent = {}
+    raised: dict[str, list[float]] = {}
     for side, sign in (("L", 1.0), ("R", -1.0)):
+        raised.update(_arm_rotations(body, side, _arm_direction(sign, 60.0, 10.0),
+                                     _arm_direction(sign, 70.0, 10.0)))
         hanging.update(_arm_rotations(body, side, _arm_direction(sign, -80.0, 5.0),
                                       _arm_direction(sign, -75.0, 15.0)))
         across = np.array([-sign * 0.8, -0.1, 0.6])
@@ -588,7 +592,7 @@ def _arm_variants(body: AnnyBody) -> dict[str, dict[str, list[float]]]:
         akimbo.update(_arm_rotations(body, side, _arm_direction(sign, -40.0, -20.0),
                                      inward / np.linalg.norm(inward)))
     return {"a_pose": {}, "t_pose": {k: list(v) for k, v in t.items()}, "hanging": hanging,
-            "bent": bent, "folded": folded, "akimbo": akimbo}
+            "bent": bent, "folded": folded, "akimbo": akimbo, "raised": raised}
 
 
 def _limb_starts(body: AnnyBody) -> list[tuple[str, dict[str, list[float]]]]:
