@@ -15,9 +15,9 @@ Pipeline (all in metres, in a *fit frame*: the body frame of
    best one with another up axis (a coat's flared hem can pass for shoulders upside
    down) go on. Scores that rank starts leave the skin points out: each orientation
    finds its own.
-4. Pose and shape, coarse to fine on the reduced topology, from seven arm starts
-   (A-pose, T-pose, arms hanging straight, arms down with bent elbows, forearms
-   folded across the belly, hands on the hips, arms raised) in one batch
+4. Pose and shape, coarse to fine on the reduced topology, from six arm starts
+   (``COARSE_ARM_STARTS``: A-pose, T-pose, arms hanging straight, arms down with bent
+   elbows, forearms folded across the belly, hands on the hips) in one batch
    per orientation; the ``FINE_STARTS`` best continue with more bones and more scan
    points, and the lowest final loss wins. KD-tree (cKDTree) correspondences are
    refreshed every iteration; learning rates decay (cosine) within each stage.
@@ -92,6 +92,8 @@ FINE_PRUNE_RATIO = 1.15  # ... when its score exceeds this multiple of the best 
 HAND_TIE = 0.05  # final candidates within this fraction of the best score count as ties
 HAND_NOTE = 0.2  # metres: tied candidates whose hands are further apart get a note
 LIMB_GAIN = 0.995  # a limb restart is taken when it scores below this fraction of the fit
+# arm starts of the whole body in the coarse stage
+COARSE_ARM_STARTS = ("a_pose", "t_pose", "hanging", "bent", "folded", "akimbo")
 LIMB_ARM_STARTS = ("a_pose", "hanging", "bent", "akimbo", "raised")  # arm starts each arm retries
 LR_END = 0.05    # each stage's learning rate decays (cosine) to this fraction
 
@@ -572,7 +574,9 @@ def _arm_variants(body: AnnyBody) -> dict[str, dict[str, list[float]]]:
     (crossed arms, hands on the belly: from elsewhere the forearms cannot get there
     without passing through the trunk), hands on the hips with the elbows out and back
     (from the other starts the forearms end up hanging inside an open coat), arms raised
-    above the shoulders (from the T-pose a raised arm in a dress settles hanging)."""
+    above the shoulders (from the T-pose a raised arm in a dress settles hanging; a limb
+    restart only: as a whole-body start it failed the CesiumMan sample at effort 0.3,
+    p95 33 cm)."""
     t = body._tpose_rotations()
     hanging: dict[str, list[float]] = {}
     folded: dict[str, list[float]] = {}
@@ -784,7 +788,8 @@ def _fit_anny(vertices: Any, faces: Any, *, up: str, skin_mask: Any, progress: P
     other_up = [c for c in scored if not np.allclose(starts[c[1]][0][1], up0)]
     picks = [scored[0]] + flipped[:1] + other_up[:1]
     picks += [c for c in scored if c[1] not in {p[1] for p in picks}][:max(0, 3 - len(picks))]
-    variants = list(_arm_variants(body).values())
+    arm_starts = _arm_variants(body)
+    variants = [arm_starts[k] for k in COARSE_ARM_STARTS]
     n_coarse = max(20, int(80 * effort))
     check = int(round(COARSE_CHECK * n_coarse))
     coarse_kw = {"sigma": 0.15, "w_in": 0.3, "sigma_s2b": 0.5, "lam": 0.05}
