@@ -631,8 +631,9 @@ def _reseed_limbs(ft: _Fitter, state: dict[str, Any], score: float, iters: int,
     it across. Every restart moves only its own limb's bones, in one batch, so its
     score against the unchanged body says what that limb alone gains and the gains of
     different limbs add up. Each limb's best restart scoring below ``LIMB_GAIN`` times
-    the unchanged body is taken; the combination is refined (all bones) and kept when
-    it beats the original ``score``. Returns the state and its score.
+    ``score`` (the state's own, from ``ft.score`` or a fitter with the same score points)
+    is taken; the combination is refined (all bones) and kept when it beats ``score``.
+    Returns the state and its score.
     """
     torch = ft.torch
     body = ft.body
@@ -647,10 +648,9 @@ def _reseed_limbs(ft: _Fitter, state: dict[str, Any], score: float, iters: int,
     ft.run(batch, FINE_BONES, iters, 2500, 0.01, (0.95, 0.98), "body fit: limbs",
            sigma=0.08, w_in=0.15, pose_mask=mask)
     sc = ft.score(batch).numpy()
-    base = float(ft.score(state)[0])
     better: dict[str, int] = {}
     for r, (limb, _rots) in enumerate(limbs):
-        if sc[r] < LIMB_GAIN * base and (limb not in better or sc[r] < sc[better[limb]]):
+        if sc[r] < LIMB_GAIN * score and (limb not in better or sc[r] < sc[better[limb]]):
             better[limb] = r
     if not better:
         return state, score
